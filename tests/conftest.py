@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny diffusers components, a locally saved SD-layout folder, the sample images.
+
+Nothing here downloads: the hub is forced offline for the whole test session.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("YONOS_OFFLINE", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from diffusers import DDIMScheduler, UNet2DConditionModel  # noqa: E402
+
+from yonos.models import UNET_PRESETS, LatentCodec  # noqa: E402
+
+
+def tiny_unet(in_channels: int = 4, seed: int = 0) -> UNet2DConditionModel:
+    """The `tiny` preset's shapes with SD's 4 input channels, as a pretrained SD UNet would have."""
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(in_channels=in_channels, out_channels=4, **UNET_PRESETS["tiny"])
+
+
+@pytest.fixture(scope="session")
+def sd_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Stable-Diffusion-layout folder (unet/, vae/, scheduler/) of tiny random models, saved by diffusers."""
+    root = tmp_path_factory.mktemp("tiny-sd")
+    tiny_unet(4).save_pretrained(root / "unet")
+    torch.manual_seed(1)
+    LatentCodec.from_preset("tiny").vae.save_pretrained(root / "vae")
+    DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1).save_pretrained(
+        root / "scheduler"
+    )
+    return root
+
+
+@pytest.fixture(scope="session")
+def sample_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded default data (scikit-image photos), small for speed: data/samples layout."""
+    from yonos.samples import prepare_samples
+
+    root = tmp_path_factory.mktemp("samples")
+    prepare_samples(root, max_side=160)
+    return root
+
+

@@ -1,0 +1,152 @@
+"""The diffusion core against diffusers' DDIMScheduler maths."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from diffusers import DDIMScheduler
+from torch.testing import assert_close
+
+from yonos.diffusion import (
+    add_noise,
+    ddim_sample,
+    make_scheduler,
+    predict_x0,
+    training_target,
+    x0_loss_weight,
+)
+from yonos.losses import denoising_loss
+
+PREDICTION_TYPES = ("v_prediction", "epsilon", "sample")
+
+
+def _fake_network(z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """A deterministic stand-in for a UNet whose output depends on both z_t and t."""
+    return 0.3 * z_t.flip(1) + torch.sin(t.float() / 100.0).view(-1, 1, 1, 1) * torch.tanh(z_t)
+
+
+@pytest.fixture()
+def latents() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    z_0 = torch.randn(4, 4, 8, 8, generator=g, dtype=torch.float64)
+    eps = torch.randn(4, 4, 8, 8, generator=g, dtype=torch.float64)
+    t = torch.tensor([0, 17, 500, 999])
+    return z_0, eps, t
+
+
+def test_add_noise_matches_diffusers(latents):
+    z_0, eps, t = latents
+    scheduler = make_scheduler()
+    # diffusers takes the square roots in float32 and casts; float32 rounding separates the two.
+    assert_close(add_noise(z_0, eps, t, scheduler.alphas_cumprod), scheduler.add_noise(z_0, eps, t), rtol=1e-5, atol=1e-6)
+
+
+def test_v_target_matches_diffusers_velocity(latents):
+    z_0, eps, t = latents
+    scheduler = make_scheduler()
+    v = training_target(z_0, eps, t, scheduler.alphas_cumprod, "v_prediction")
+    assert_close(v, scheduler.get_velocity(z_0, eps, t))
+    assert torch.equal(training_target(z_0, eps, t, scheduler.alphas_cumprod, "epsilon"), eps)
+    assert torch.equal(training_target(z_0, eps, t, scheduler.alphas_cumprod, "sample"), z_0)
+
+
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+def test_x0_conversion_round_trips(latents, prediction_type):
+    z_0, eps, t = latents
+    alphas_cumprod = make_scheduler().alphas_cumprod.double()
+    z_t = add_noise(z_0, eps, t, alphas_cumprod)
+    target = training_target(z_0, eps, t, alphas_cumprod, prediction_type)
+    assert_close(predict_x0(target, z_t, t, alphas_cumprod, prediction_type), z_0)
+
+
+def test_scheduler_uses_sd_schedule_and_trailing_spacing():
+    scheduler = make_scheduler()
+    reference = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    assert_close(scheduler.alphas_cumprod, reference.alphas_cumprod)
+    scheduler.set_timesteps(1)
+    assert scheduler.timesteps.tolist() == [999]
+    scheduler.set_timesteps(4)
+    assert scheduler.timesteps.tolist() == [999, 749, 499, 249]
+
+
+def test_scheduler_config_from_folder_and_errors(tmp_path):
+    (tmp_path / "scheduler_config.json").write_text(json.dumps({"beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear"}))
+    scheduler = make_scheduler(tmp_path)
+    assert_close(scheduler.betas[[0, -1]], torch.tensor([0.0001, 0.02]))
+    with pytest.raises(FileNotFoundError, match="scheduler_config.json"):
+        make_scheduler(tmp_path / "missing")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "scheduler_config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        make_scheduler(bad)
+
+
+def test_zero_terminal_snr_option():
+    scheduler = make_scheduler(rescale_betas_zero_snr=True)
+    assert scheduler.alphas_cumprod[-1].item() == pytest.approx(0.0, abs=1e-12)
+    assert make_scheduler().alphas_cumprod[-1].item() > 1e-3
+    with pytest.raises(ValueError, match="v_prediction"):
+        make_scheduler(prediction_type="epsilon", rescale_betas_zero_snr=True)
+
+
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+def test_one_step_ddim_is_the_x0_prediction_at_the_last_timestep(prediction_type):
+    scheduler = make_scheduler(prediction_type=prediction_type)
+    noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    seen: list[torch.Tensor] = []
+
+    def network(z_t, t):
+        seen.append(t.clone())
+        return _fake_network(z_t, t)
+
+    out = ddim_sample(network, scheduler, tuple(noise.shape), num_steps=1, noise=noise)
+    t_last = torch.full((2,), 999)
+    assert [s.tolist() for s in seen] == [[999, 999]]
+    assert_close(out, predict_x0(_fake_network(noise, t_last), noise, t_last, scheduler.alphas_cumprod, prediction_type))
+
+
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "epsilon"])
+@pytest.mark.parametrize("num_steps", [1, 4, 10])
+def test_n_step_ddim_matches_diffusers_loop(prediction_type, num_steps):
+    scheduler = make_scheduler(prediction_type=prediction_type)
+    noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    ours = ddim_sample(_fake_network, scheduler, tuple(noise.shape), num_steps=num_steps, noise=noise)
+
+    reference = DDIMScheduler.from_config(scheduler.config)  # the network output goes to diffusers as is
+    reference.set_timesteps(num_steps)
+    sample = noise.clone()
+    for timestep in reference.timesteps:
+        output = _fake_network(sample, torch.full((2,), int(timestep)))
+        sample = reference.step(output, timestep, sample, eta=0.0).prev_sample
+    assert_close(ours, sample, rtol=1e-4, atol=1e-4)
+
+
+def test_sampling_is_deterministic_under_a_seed():
+    scheduler = make_scheduler()
+    a = ddim_sample(_fake_network, scheduler, (1, 4, 8, 8), 2, generator=torch.Generator().manual_seed(7))
+    b = ddim_sample(_fake_network, scheduler, (1, 4, 8, 8), 2, generator=torch.Generator().manual_seed(7))
+    c = ddim_sample(_fake_network, scheduler, (1, 4, 8, 8), 2, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_one_plus_snr_weighted_x0_loss_equals_v_mse(latents):
+    z_0, eps, t = (x.float() if x.is_floating_point() else x for x in latents)
+    scheduler = make_scheduler()
+    alphas_cumprod = scheduler.alphas_cumprod
+    z_lr = torch.zeros_like(z_0)
+
+    def denoiser(z_t, z_lr_, t_):
+        return _fake_network(z_t, t_)
+
+    loss = denoising_loss(denoiser, z_0, z_lr, t, eps, alphas_cumprod, "v_prediction", "one_plus_snr")
+    z_t = add_noise(z_0, eps, t, alphas_cumprod)
+    v_mse = (_fake_network(z_t, t) - training_target(z_0, eps, t, alphas_cumprod, "v_prediction")).pow(2).mean()
+    assert_close(loss, v_mse, rtol=1e-4, atol=1e-6)
+    weights = x0_loss_weight(alphas_cumprod, t, "constant")
+    assert torch.equal(weights, torch.ones(4))
+    with pytest.raises(ValueError, match="weighting"):
+        x0_loss_weight(alphas_cumprod, t, "nope")  # type: ignore[arg-type]

@@ -1,0 +1,331 @@
+"""Datasets (CPU side: decode, crop, flip) and the SRDataModule that makes LR images on the batch's device.
+
+Degradations run in ``SRDataModule.on_after_batch_transfer``, after the HR batch reached the GPU; the
+LightningModules never override that hook. The batch contract is :class:`SRBatch`.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Literal, TypedDict
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
+
+from yonos.degradations import bicubic_downsample
+from yonos.images import list_images, read_rgb
+
+LATENT_FACTOR = 8  # the SD VAE's downsampling factor
+
+
+class SRBatch(TypedDict, total=False):
+    """What a batch holds. Training and validation batches leave the loader with ``hr``, ``index``, ``name``;
+    ``SRDataModule.on_after_batch_transfer`` adds one ``lr_x{s}`` per configured scale on the batch's device
+    (paired folders bring their own). Prediction batches hold ``lr`` and ``name`` only."""
+
+    hr: Tensor  # (B, 3, H, W) float in [0, 1]
+    index: Tensor  # (B,) long: position in the dataset; seeds the validation degradation of the sample
+    name: list[str]  # file stems, for writing outputs
+    lr_x2: Tensor  # (B, 3, H/2, W/2) in [0, 1] on 8-bit levels
+    lr_x4: Tensor  # (B, 3, H/4, W/4)
+    lr_x8: Tensor  # (B, 3, H/8, W/8)
+    lr: Tensor  # (1, 3, h, w): prediction input of unknown scale
+
+
+def lr_key(scale: int) -> str:
+    """The batch key of the LR image at ``scale``."""
+    return f"lr_x{scale}"
+
+
+def pad_reflect_to(image: Tensor, size: int) -> Tensor:
+    """Pad (C, H, W) by reflection so that both sides are at least ``size`` (repeats the reflection if needed)."""
+    height, width = image.shape[-2:]
+    pad_h, pad_w = max(size - height, 0), max(size - width, 0)
+    if pad_h == 0 and pad_w == 0:
+        return image
+    array = np.pad(image.numpy(), ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2)), "reflect")
+    return torch.from_numpy(array)
+
+
+def _require_folder(path: str | None, key: str) -> Path:
+    if not path:
+        raise ValueError(f"{key} is not set: give the folder of images")
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{key}: folder {folder} does not exist")
+    return folder
+
+
+def _scan(folder: Path, key: str) -> list[Path]:
+    """The readable images of a folder; one warning lists what was skipped; no images is an error."""
+    images, skipped = list_images(folder)
+    if skipped:
+        shown = ", ".join(p.name for p in skipped[:10]) + (" ..." if len(skipped) > 10 else "")
+        warnings.warn(f"{key}: skipped {len(skipped)} non-image or unreadable file(s) in {folder}: {shown}", stacklevel=3)
+    if not images:
+        raise ValueError(f"{key}: no readable images in {folder} (extensions png/jpg/jpeg/webp/bmp/tif)")
+    return images
+
+
+class HRFolderDataset(Dataset):
+    """HR crops from a folder of images (searched recursively).
+
+    Training: a random ``hr_size`` crop and a random horizontal flip, drawn from a per-worker generator seeded
+    from ``torch.initial_seed()`` (which Lightning's ``seed_everything(workers=True)`` makes distinct per worker and
+    rank). Evaluation: the centre crop. Images smaller than the crop are padded by reflection.
+    """
+
+    def __init__(self, root: str | Path, hr_size: int, train: bool, key: str = "data.train_dir") -> None:
+        self.root = _require_folder(str(root), key)
+        self.paths = _scan(self.root, key)
+        self.hr_size, self.train, self.key = hr_size, train, key
+        self._generator: torch.Generator | None = None
+        self._failed: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _rng(self) -> torch.Generator:
+        if self._generator is None:
+            self._generator = torch.Generator().manual_seed(torch.initial_seed())
+        return self._generator
+
+    def _read(self, index: int) -> tuple[int, Tensor]:
+        """Decode image ``index``; an image whose pixels fail to decode is replaced by the next one."""
+        for offset in range(len(self.paths)):
+            candidate = (index + offset) % len(self.paths)
+            try:
+                return candidate, read_rgb(self.paths[candidate])
+            except (OSError, ValueError) as err:
+                if candidate not in self._failed:
+                    self._failed.add(candidate)
+                    warnings.warn(f"{self.key}: cannot decode {self.paths[candidate]} ({err}); using the next image")
+        raise RuntimeError(f"{self.key}: no image in {self.root} could be decoded")
+
+    def __getitem__(self, index: int) -> SRBatch:
+        index, image = self._read(index)
+        image = pad_reflect_to(image, self.hr_size)  # (3, H, W)
+        height, width = image.shape[-2:]
+        if self.train:
+            rng = self._rng()
+            top = int(torch.randint(0, height - self.hr_size + 1, (1,), generator=rng))
+            left = int(torch.randint(0, width - self.hr_size + 1, (1,), generator=rng))
+            flip = bool(torch.rand((), generator=rng) < 0.5)
+        else:
+            top, left, flip = (height - self.hr_size) // 2, (width - self.hr_size) // 2, False
+        crop = image[:, top : top + self.hr_size, left : left + self.hr_size]
+        if flip:
+            crop = crop.flip(-1)
+        return {"hr": crop.contiguous(), "index": torch.tensor(index), "name": self.paths[index].stem}
+
+
+class PairedFolderDataset(Dataset):
+    """Validation/test pairs: ``hr/`` and ``lr/`` (or StableSR's ``gt/`` and ``lq/``) with matching file stems.
+
+    With ``hr_size`` the pair is centre-cropped to it (and hr_size / scale on the LR); otherwise full images
+    (use batch size 1 when sizes differ).
+    """
+
+    def __init__(self, root: str | Path, scale: int, hr_size: int | None, key: str = "data.val_dir") -> None:
+        root = _require_folder(str(root), key)
+        hr_name, lr_name = ("hr", "lr") if (root / "hr").is_dir() else ("gt", "lq")
+        hr_paths = {p.stem: p for p in _scan(_require_folder(str(root / hr_name), f"{key}/{hr_name}"), key)}
+        lr_paths = {p.stem: p for p in _scan(_require_folder(str(root / lr_name), f"{key}/{lr_name}"), key)}
+        unmatched = sorted(set(hr_paths) ^ set(lr_paths))
+        if unmatched:
+            raise ValueError(f"{key}: {len(unmatched)} file(s) in {root} have no partner in {hr_name}/ or {lr_name}/: {unmatched[:10]}")
+        self.names = sorted(hr_paths)
+        self.hr_paths, self.lr_paths = hr_paths, lr_paths
+        self.scale, self.hr_size, self.key = scale, hr_size, key
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index: int) -> SRBatch:
+        name = self.names[index]
+        hr, lr = read_rgb(self.hr_paths[name]), read_rgb(self.lr_paths[name])
+        if tuple(hr.shape[-2:]) != (lr.shape[-2] * self.scale, lr.shape[-1] * self.scale):
+            raise ValueError(
+                f"{self.key}: {self.hr_paths[name].name} is {tuple(hr.shape[-2:])}, not {self.scale} x the LR "
+                f"{tuple(lr.shape[-2:])} (data.scales[-1] = {self.scale})"
+            )
+        if self.hr_size is not None:
+            hr = pad_reflect_to(hr, self.hr_size)
+            lr = pad_reflect_to(lr, self.hr_size // self.scale)
+            top, left = (lr.shape[-2] - self.hr_size // self.scale) // 2, (lr.shape[-1] - self.hr_size // self.scale) // 2
+            lr = lr[:, top : top + self.hr_size // self.scale, left : left + self.hr_size // self.scale]
+            hr = hr[:, top * self.scale : top * self.scale + self.hr_size, left * self.scale : left * self.scale + self.hr_size]
+        return {"hr": hr.contiguous(), lr_key(self.scale): lr.contiguous(), "index": torch.tensor(index), "name": name}
+
+
+class LRFolderDataset(Dataset):
+    """Prediction inputs: every image of a folder, full size, no HR."""
+
+    def __init__(self, root: str | Path, key: str = "data.predict_dir") -> None:
+        self.paths = _scan(_require_folder(str(root), key), key)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> SRBatch:
+        return {"lr": read_rgb(self.paths[index]), "name": self.paths[index].stem}
+
+
+def validation_seed(seed: int, index: int) -> int:
+    """The seed of one validation sample: a function of the base seed and the sample index only."""
+    return seed * 1_000_003 + index
+
+
+def validation_generator(seed: int, index: int, device: torch.device) -> torch.Generator:
+    """The generator of one validation sample (see :func:`validation_seed`)."""
+    return torch.Generator(device=device).manual_seed(validation_seed(seed, index))
+
+
+def degrade_bicubic(hr: Tensor, scales: list[int]) -> dict[int, Tensor]:
+    """Bicubic LR images of a batch for each scale (deterministic)."""
+    return {scale: bicubic_downsample(hr, scale) for scale in scales}
+
+
+class SRDataModule(pl.LightningDataModule):
+    """HR image folders in, HR + LR at every configured scale out, LR made on the batch's device."""
+
+    def __init__(
+        self,
+        train_dir: str | None = "data/samples/train",
+        val_dir: str | None = "data/samples/val",
+        predict_dir: str | None = None,
+        hr_size: int = 512,
+        val_hr_size: int | None = None,
+        scales: list[int] = [2],  # noqa: B006 - jsonargparse needs a literal default for --help
+        degradation: Literal["bicubic"] = "bicubic",
+        batch_size: int = 4,
+        val_batch_size: int | None = None,
+        num_workers: int = 4,
+        seed: int = 0,
+        train_repeat: int = 1,
+    ) -> None:
+        """
+        Args:
+            train_dir: folder of HR training images (recursively); required for fit.
+            val_dir: HR-only folder (LR synthesised, seeded per sample) or paired folder with hr/ + lr/.
+            predict_dir: folder of LR images to super-resolve with ``predict``.
+            hr_size: training crop side in pixels; a multiple of 8 x every scale.
+            val_hr_size: validation centre-crop side (default: hr_size).
+            scales: LR scales to produce, as batch keys lr_x{s}.
+            degradation: how LR images are made from HR crops.
+            batch_size: per-device training batch size.
+            val_batch_size: per-device validation batch size (default: batch_size).
+            seed: base seed; training rank r draws from seed + r, validation sample i from (seed, i).
+            train_repeat: how many times an epoch visits each training image (for small folders).
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        scales = sorted(set(scales))
+        if not scales or any(s < 1 for s in scales):
+            raise ValueError(f"data.scales must be positive integers, got {scales}")
+        for key, size in (("data.hr_size", hr_size), ("data.val_hr_size", val_hr_size)):
+            if size is None:
+                continue
+            multiple = math.lcm(LATENT_FACTOR, *scales)
+            if size <= 0 or size % multiple:
+                raise ValueError(f"{key} = {size} must be a positive multiple of {multiple} (8 x lcm of data.scales {scales})")
+        self.train_dir, self.val_dir, self.predict_dir = train_dir, val_dir, predict_dir
+        self.hr_size, self.val_hr_size = hr_size, val_hr_size or hr_size
+        self.scales, self.degradation = scales, degradation
+        self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
+        self.num_workers, self.seed = num_workers, seed
+        if train_repeat < 1:
+            raise ValueError(f"data.train_repeat must be >= 1, got {train_repeat}")
+        self.train_repeat = train_repeat
+        self._train_generator: torch.Generator | None = None
+        self._restored_generator_state: Tensor | None = None
+        self.train_set = self.val_set = self.predict_set = None
+
+    # Datasets.
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            train_set = HRFolderDataset(self.train_dir, self.hr_size, train=True, key="data.train_dir")
+            self.train_set = ConcatDataset([train_set] * self.train_repeat) if self.train_repeat > 1 else train_set
+        if stage in ("fit", "validate", "test"):
+            self.val_set = self._evaluation_set()
+        if stage == "predict":
+            self.predict_set = LRFolderDataset(self.predict_dir, key="data.predict_dir")
+
+    def _evaluation_set(self) -> Dataset:
+        folder = _require_folder(self.val_dir, "data.val_dir")
+        if ((folder / "hr").is_dir() and (folder / "lr").is_dir()) or ((folder / "gt").is_dir() and (folder / "lq").is_dir()):
+            return PairedFolderDataset(folder, self.scales[-1], self.val_hr_size, key="data.val_dir")
+        return HRFolderDataset(folder, self.val_hr_size, train=False, key="data.val_dir")
+
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle and len(dataset) >= batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, self.val_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.predict_set, 1, shuffle=False)
+
+    # Degradations on the device.
+
+    def _rank(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return trainer.global_rank if trainer is not None else 0
+
+    def _training_generator(self, device: torch.device) -> torch.Generator:
+        if self._train_generator is None or self._train_generator.device != device:
+            self._train_generator = torch.Generator(device=device).manual_seed(self.seed + self._rank())
+            if self._restored_generator_state is not None:
+                self._train_generator.set_state(self._restored_generator_state)
+                self._restored_generator_state = None
+        return self._train_generator
+
+    def degrade(self, hr: Tensor, index: Tensor | None, training: bool) -> dict[int, Tensor]:
+        """LR images for every configured scale: training draws from the rank's stream, evaluation from the
+        per-sample generators, so evaluation LR images do not depend on batch size or world size."""
+        if self.degradation == "bicubic":
+            return degrade_bicubic(hr, self.scales)
+        raise ValueError(f"data.degradation: unknown degradation {self.degradation!r}")
+
+    def on_after_batch_transfer(self, batch: SRBatch, dataloader_idx: int) -> SRBatch:
+        if "hr" not in batch:
+            return batch
+        trainer = getattr(self, "trainer", None)
+        training = bool(trainer is not None and trainer.training)
+        missing = [s for s in self.scales if lr_key(s) not in batch]
+        if missing:
+            lr_images = self.degrade(batch["hr"], batch.get("index"), training)
+            for scale in missing:
+                batch[lr_key(scale)] = lr_images[scale]
+        return batch
+
+    # The training stream's position, saved in checkpoints so a resumed run continues it.
+
+    def state_dict(self) -> dict:
+        if self._train_generator is None:
+            return {}
+        return {"train_generator_state": self._train_generator.get_state()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._restored_generator_state = state_dict.get("train_generator_state")
+

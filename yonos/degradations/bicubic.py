@@ -1,0 +1,45 @@
+"""Bicubic degradation and the bicubic up-sampling that turns an LR image into the model's input.
+
+Pure torch: no Lightning, no global RNG, tensors stay on the input's device.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def bicubic_downsample(hr: Tensor, scale: int) -> Tensor:
+    """Antialiased bicubic downsampling by an integer factor, the SR field's bicubic LR.
+
+    Uses ``F.interpolate(mode="bicubic", antialias=True)`` (a = -0.75 Keys kernel widened by the factor),
+    which is close to MATLAB ``imresize`` (a = -0.5) but not identical; ``tests/test_degradations_bicubic.py``
+    bounds the difference on a real photo. The output is clamped to [0, 1] and quantised to 8-bit levels,
+    as an LR image stored as PNG would be.
+
+    Args:
+        hr: (B, C, H, W) in [0, 1]; H and W must be multiples of ``scale``.
+        scale: integer downsampling factor.
+    """
+    if scale < 1:
+        raise ValueError(f"scale must be a positive integer, got {scale}")
+    height, width = hr.shape[-2:]
+    if height % scale or width % scale:
+        raise ValueError(f"HR size {height}x{width} is not a multiple of scale {scale}")
+    if scale == 1:
+        return hr.clamp(0, 1)
+    lr = F.interpolate(hr, size=(height // scale, width // scale), mode="bicubic", antialias=True, align_corners=False)
+    return quantize_8bit(lr)
+
+
+def upsample_to(lr: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bicubic upsampling of the LR image back to the HR size, clamped to [0, 1] (the model's LR condition)."""
+    if tuple(lr.shape[-2:]) == tuple(size):
+        return lr
+    return F.interpolate(lr, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+def quantize_8bit(image: Tensor) -> Tensor:
+    """Clamp to [0, 1] and round to the 256 levels of an 8-bit image."""
+    return torch.round(image.clamp(0, 1) * 255.0) / 255.0

@@ -1,0 +1,184 @@
+"""The diffusion maths: schedule access, forward noising, training targets, the x0 conversion, DDIM sampling.
+
+Pure torch + diffusers' DDIMScheduler; no Lightning, no networks (the denoiser is passed in as a callable).
+Notation: z_t = alpha_t * z_0 + sigma_t * eps, alpha_t = sqrt(alphas_cumprod[t]), sigma_t = sqrt(1 - alphas_cumprod[t]).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from diffusers import DDIMScheduler
+from torch import Tensor
+
+PredictionType = Literal["v_prediction", "epsilon", "sample"]
+LossWeighting = Literal["one_plus_snr", "snr", "min_snr_5", "constant"]
+
+# SD 2.1-base's scheduler (scheduler/scheduler_config.json), used when no pretrained folder is given.
+SD_SCHEDULER_CONFIG: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+}
+
+DenoiseFn = Callable[[Tensor, Tensor], Tensor]
+"""The network as the sampler sees it: (z_t (B, 4, h, w), t (B,) long) -> raw model output (B, 4, h, w)."""
+
+
+def make_scheduler(
+    config: Mapping[str, Any] | str | Path | None = None,
+    prediction_type: PredictionType = "v_prediction",
+    rescale_betas_zero_snr: bool = False,
+) -> DDIMScheduler:
+    """Build the DDIM scheduler that defines the noise schedule for training and sampling.
+
+    The betas come from ``config`` (a scheduler config dict, a ``scheduler_config.json`` file, or a folder holding
+    one; SD 2.1-base when None). Sampling settings are this project's: trailing timestep spacing (one step starts at
+    t = T - 1), no clipping, and ``set_alpha_to_one`` so that the last DDIM update returns the x0 prediction.
+    """
+    if config is None:
+        config = SD_SCHEDULER_CONFIG
+    elif isinstance(config, (str, Path)):
+        path = Path(config)
+        if path.suffix != ".json":
+            path = path / "scheduler_config.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"scheduler config not found: {path}")
+        try:
+            config = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"scheduler config {path} is not valid JSON: {err}") from err
+    if rescale_betas_zero_snr and prediction_type == "epsilon":
+        raise ValueError(
+            "rescale_betas_zero_snr with prediction_type='epsilon' cannot recover x0 at the last timestep "
+            "(alpha_T = 0); use 'v_prediction'"
+        )
+    keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas")
+    schedule = {key: config[key] for key in keys if key in config}
+    return DDIMScheduler(
+        **schedule,
+        prediction_type=prediction_type,
+        rescale_betas_zero_snr=rescale_betas_zero_snr,
+        timestep_spacing="trailing",
+        clip_sample=False,
+        set_alpha_to_one=True,
+        steps_offset=0,
+    )
+
+
+def alpha_sigma(alphas_cumprod: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    """alpha_t and sigma_t for integer timesteps ``t`` (B,), shaped (B, 1, 1, 1) to broadcast over latents."""
+    alphas_cumprod = alphas_cumprod.to(device=t.device)
+    abar = alphas_cumprod[t].view(-1, 1, 1, 1)
+    return abar.sqrt(), (1.0 - abar).sqrt()
+
+
+def add_noise(z_0: Tensor, eps: Tensor, t: Tensor, alphas_cumprod: Tensor) -> Tensor:
+    """Forward process: z_t = alpha_t * z_0 + sigma_t * eps."""
+    alpha, sigma = alpha_sigma(alphas_cumprod, t)
+    return alpha.to(z_0.dtype) * z_0 + sigma.to(z_0.dtype) * eps
+
+
+def training_target(
+    z_0: Tensor, eps: Tensor, t: Tensor, alphas_cumprod: Tensor, prediction_type: PredictionType
+) -> Tensor:
+    """What the network regresses for a parameterisation: v = alpha*eps - sigma*z_0, eps, or z_0."""
+    if prediction_type == "epsilon":
+        return eps
+    if prediction_type == "sample":
+        return z_0
+    if prediction_type == "v_prediction":
+        alpha, sigma = alpha_sigma(alphas_cumprod, t)
+        return alpha.to(z_0.dtype) * eps - sigma.to(z_0.dtype) * z_0
+    raise ValueError(f"unknown prediction_type {prediction_type!r}")
+
+
+def predict_x0(
+    model_output: Tensor, z_t: Tensor, t: Tensor, alphas_cumprod: Tensor, prediction_type: PredictionType
+) -> Tensor:
+    """THE conversion from network output to the clean-latent prediction (used by every loss and sampler).
+
+    v: x0 = alpha*z_t - sigma*v;  epsilon: x0 = (z_t - sigma*eps) / alpha;  sample: x0 = output.
+    """
+    if prediction_type == "sample":
+        return model_output
+    alpha, sigma = alpha_sigma(alphas_cumprod, t)
+    alpha, sigma = alpha.to(z_t.dtype), sigma.to(z_t.dtype)
+    if prediction_type == "v_prediction":
+        return alpha * z_t - sigma * model_output
+    if prediction_type == "epsilon":
+        return (z_t - sigma * model_output) / alpha
+    raise ValueError(f"unknown prediction_type {prediction_type!r}")
+
+
+def snr(alphas_cumprod: Tensor, t: Tensor) -> Tensor:
+    """Signal-to-noise ratio alpha_t^2 / sigma_t^2 at timesteps ``t``, shape (B,)."""
+    abar = alphas_cumprod.to(t.device)[t].float()
+    return abar / (1.0 - abar).clamp_min(1e-12)
+
+
+def x0_loss_weight(alphas_cumprod: Tensor, t: Tensor, weighting: LossWeighting) -> Tensor:
+    """Weight w(lambda_t) of the x0-space loss, shape (B,).
+
+    ``one_plus_snr`` (default) makes w * ||x0_pred - z_0||^2 equal the MSE on v; ``snr`` equals the MSE on eps;
+    ``min_snr_5`` is Min-SNR-gamma (Hang et al. 2023, gamma = 5) in its v-prediction form; ``constant`` is plain
+    x0 MSE.
+    """
+    ratio = snr(alphas_cumprod, t)
+    if weighting == "one_plus_snr":
+        return 1.0 + ratio
+    if weighting == "snr":
+        return ratio
+    if weighting == "min_snr_5":
+        return torch.minimum(ratio, torch.full_like(ratio, 5.0)) + 1.0
+    if weighting == "constant":
+        return torch.ones_like(ratio)
+    raise ValueError(f"unknown loss weighting {weighting!r}")
+
+
+def sample_timesteps(batch_size: int, num_train_timesteps: int, generator: torch.Generator, device: torch.device) -> Tensor:
+    """Training timesteps t ~ U{0, ..., T-1}, shape (B,) long."""
+    return torch.randint(0, num_train_timesteps, (batch_size,), generator=generator, device=device)
+
+
+@torch.no_grad()
+def ddim_sample(
+    denoise: DenoiseFn,
+    scheduler: DDIMScheduler,
+    shape: tuple[int, ...],
+    num_steps: int = 1,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    noise: Tensor | None = None,
+) -> Tensor:
+    """Deterministic DDIM (eta = 0) from Gaussian noise at the last timestep; returns the clean latent.
+
+    The network output goes through :func:`predict_x0` and diffusers' DDIM update is then taken on that x0 (a copy
+    of the scheduler with ``prediction_type="sample"``), so one conversion serves training and sampling. With one
+    step (the YONOS-SR setting) the result is exactly the x0 prediction at t = T - 1.
+
+    Args:
+        shape: latent shape (B, 4, h, w).
+        noise: the starting z_T; drawn from ``generator`` when None.
+    """
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    prediction_type = scheduler.config.prediction_type
+    stepper = DDIMScheduler.from_config(copy.deepcopy(dict(scheduler.config)), prediction_type="sample")
+    stepper.set_timesteps(num_steps, device=device)
+    alphas_cumprod = stepper.alphas_cumprod
+    if noise is None:
+        noise = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    z_t = noise * stepper.init_noise_sigma  # (B, 4, h, w)
+    for timestep in stepper.timesteps:
+        t = torch.full((shape[0],), int(timestep), device=z_t.device, dtype=torch.long)
+        x0_pred = predict_x0(denoise(z_t, t), z_t, t, alphas_cumprod, prediction_type)
+        z_t = stepper.step(x0_pred, timestep, z_t, eta=0.0).prev_sample
+    return z_t

@@ -1,0 +1,275 @@
+"""The networks: the SR denoiser (SD UNet fed cat(z_t, z_lr)) and the latent codec (SD VAE + scaling factor).
+
+Both are built from a pretrained Stable Diffusion folder (local path, or hub id where there is network) or
+from a named architecture preset with random weights. Training logic lives in ``yonos.modules``.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from torch import Tensor, nn
+
+Preset = Literal["tiny", "sd21-base"]
+PROMPT_LENGTH = 77  # CLIP's context length: the empty prompt is padded to it, as SD's pipelines do.
+
+UNET_PRESETS: dict[str, dict[str, Any]] = {
+    # diffusers' dummy-component shapes; attention only on the lower-resolution level (fast on a CPU).
+    "tiny": dict(
+        sample_size=32,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    ),
+    # stabilityai/stable-diffusion-2-1-base unet/config.json.
+    "sd21-base": dict(
+        sample_size=64,
+        block_out_channels=(320, 640, 1280, 1280),
+        layers_per_block=2,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=1024,
+        attention_head_dim=(5, 10, 20, 20),
+        use_linear_projection=True,
+        norm_num_groups=32,
+    ),
+}
+
+VAE_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        block_out_channels=(32, 32, 64, 64),
+        layers_per_block=1,
+        norm_num_groups=32,
+        sample_size=128,
+    ),
+    "sd21-base": dict(
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        norm_num_groups=32,
+        sample_size=512,
+    ),
+}
+
+
+@dataclass
+class BackboneConfig:
+    """Where the Stable Diffusion components come from (shared by the denoiser and the codec)."""
+
+    pretrained: str | None = None
+    """A diffusers Stable Diffusion folder (with unet/, vae/, scheduler/) or a hub id; None builds `preset`."""
+    preset: Preset = "tiny"
+    """Architecture with random weights when `pretrained` is None: `tiny` (tests, demo) or `sd21-base`."""
+    revision: str | None = None
+    """Hub revision, for hub ids only."""
+
+
+def _is_local(name: str) -> bool:
+    return Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.count("/") != 1
+
+
+def _require_component(root: Path, subfolder: str, weight_stem: str) -> Path:
+    """Check that ``root/subfolder`` holds a parseable config.json and a weights file; name what is missing."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"pretrained folder not found: {root}")
+    folder = root / subfolder
+    config = folder / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"{root} is not a diffusers Stable Diffusion folder: missing {subfolder}/config.json")
+    try:
+        json.loads(config.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"malformed {config}: {err}") from err
+    if not any(folder.glob(f"{weight_stem}*.safetensors")) and not any(folder.glob(f"{weight_stem}*.bin")):
+        raise FileNotFoundError(
+            f"{root}: missing {subfolder}/{weight_stem}.safetensors (or .bin); download the full model folder"
+        )
+    return folder
+
+
+def _load(cls: type, name: str, subfolder: str, revision: str | None) -> Any:
+    """``cls.from_pretrained`` from a checked local folder, or from the hub with an error that says what failed."""
+    if _is_local(name):
+        root = Path(name).expanduser()
+        _require_component(root, subfolder, "diffusion_pytorch_model")
+        return cls.from_pretrained(root, subfolder=subfolder)
+    try:
+        return cls.from_pretrained(name, subfolder=subfolder, revision=revision)
+    except Exception as err:  # the hub raises many types (offline, 401, 404)
+        raise OSError(
+            f"could not load {subfolder}/ of {name!r} from the Hugging Face hub ({type(err).__name__}: {err}). "
+            "Without network, download the folder elsewhere (huggingface-cli download NAME --local-dir DIR) and "
+            "set backbone.pretrained to DIR."
+        ) from err
+
+
+def widen_conv_in(unet: UNet2DConditionModel, in_channels: int = 8) -> UNet2DConditionModel:
+    """Widen ``conv_in`` to ``in_channels``: pretrained weights on the first channels, zeros on the new ones.
+
+    With zero weights on the z_lr channels the widened UNet computes exactly what the pretrained one did.
+    """
+    old = unet.conv_in
+    if old.in_channels >= in_channels:
+        raise ValueError(f"conv_in already has {old.in_channels} input channels, cannot widen to {in_channels}")
+    new = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding)
+    new = new.to(device=old.weight.device, dtype=old.weight.dtype)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:, : old.in_channels] = old.weight
+        new.bias.copy_(old.bias)
+    unet.conv_in = new
+    unet.register_to_config(in_channels=in_channels)
+    return unet
+
+
+def empty_prompt_embedding(root: Path | str | None, cross_attention_dim: int, revision: str | None = None) -> Tensor:
+    """The text encoder's output for the empty prompt, (1, 77, D); zeros when the folder has no text encoder.
+
+    Computed once at build time and stored with the denoiser, so training and inference never need CLIP.
+    """
+    local = root is not None and _is_local(str(root))
+    has_text = root is not None and (not local or (Path(root).expanduser() / "text_encoder" / "config.json").is_file())
+    if not has_text:
+        return torch.zeros(1, PROMPT_LENGTH, cross_attention_dim)
+    try:
+        from transformers import CLIPTextModel, CLIPTokenizer
+    except ImportError as err:
+        raise ImportError(
+            f"{root} has a text encoder; computing the stored empty-prompt embedding needs `transformers` "
+            "(pip install 'yonos[sd]')"
+        ) from err
+    source = Path(root).expanduser() if local else root
+    extra = {} if local else {"revision": revision}
+    tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **extra)
+    text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **extra).eval()
+    ids = tokenizer("", padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+    with torch.no_grad():
+        embedding = text_encoder(ids)[0].float()  # (1, 77, D)
+    if embedding.shape[-1] != cross_attention_dim:
+        raise ValueError(f"{root}: text encoder width {embedding.shape[-1]} != UNet cross_attention_dim {cross_attention_dim}")
+    return embedding
+
+
+class SRDenoiser(nn.Module):
+    """A diffusers UNet that denoises z_t conditioned on the encoded LR image by channel concatenation.
+
+    ``prompt_embeds`` is the fixed empty-prompt embedding (a persistent buffer, saved in the state dict).
+    """
+
+    def __init__(self, unet: UNet2DConditionModel, prompt_embeds: Tensor) -> None:
+        super().__init__()
+        if unet.config.in_channels != 2 * unet.config.out_channels:
+            raise ValueError(
+                f"the UNet takes {unet.config.in_channels} input channels; cat(z_t, z_lr) needs "
+                f"{2 * unet.config.out_channels}"
+            )
+        self.unet = unet
+        self.register_buffer("prompt_embeds", prompt_embeds.detach().clone(), persistent=True)
+
+    def forward(self, z_t: Tensor, z_lr: Tensor, t: Tensor) -> Tensor:
+        """Raw network output (v, eps or x0 by the parameterisation) for z_t, z_lr (B, 4, h, w) and t (B,)."""
+        context = self.prompt_embeds.to(z_t.dtype).expand(z_t.shape[0], -1, -1)  # (B, 77, D)
+        return self.unet(torch.cat([z_t, z_lr], dim=1), t, encoder_hidden_states=context).sample
+
+    @classmethod
+    def from_preset(cls, preset: Preset) -> "SRDenoiser":
+        if preset not in UNET_PRESETS:
+            raise ValueError(f"unknown denoiser preset {preset!r}; choose from {sorted(UNET_PRESETS)}")
+        unet = UNet2DConditionModel(in_channels=8, out_channels=4, **UNET_PRESETS[preset])
+        return cls(unet, torch.zeros(1, PROMPT_LENGTH, unet.config.cross_attention_dim))
+
+    @classmethod
+    def from_pretrained(cls, name: str, revision: str | None = None) -> "SRDenoiser":
+        """From an SD folder or hub id: ``unet/`` with conv_in widened 4 -> 8, and the empty-prompt embedding."""
+        unet = _load(UNet2DConditionModel, name, "unet", revision)
+        if unet.config.in_channels == 4:
+            unet = widen_conv_in(unet, 8)
+        embedding = empty_prompt_embedding(name, unet.config.cross_attention_dim, revision)
+        return cls(unet, embedding)
+
+
+class LatentCodec(nn.Module):
+    """The SD VAE as an image <-> latent codec: images in [0, 1], latents scaled by the VAE's scaling factor."""
+
+    def __init__(self, vae: AutoencoderKL) -> None:
+        super().__init__()
+        self.vae = vae
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def encode(self, image: Tensor, generator: torch.Generator | None = None, sample: bool = False) -> Tensor:
+        """(B, 3, H, W) in [0, 1] -> (B, 4, H/8, W/8); the posterior mean unless ``sample``."""
+        posterior = self.vae.encode(image.to(self.vae.dtype) * 2.0 - 1.0).latent_dist
+        latent = posterior.sample(generator) if sample else posterior.mode()
+        shift = self.vae.config.get("shift_factor") or 0.0
+        return (latent - shift) * self.scaling_factor
+
+    def decode(self, latent: Tensor) -> Tensor:
+        """(B, 4, h, w) -> (B, 3, 8h, 8w) in [0, 1]."""
+        shift = self.vae.config.get("shift_factor") or 0.0
+        image = self.vae.decode(latent.to(self.vae.dtype) / self.scaling_factor + shift).sample
+        return ((image.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    @classmethod
+    def from_preset(cls, preset: Preset) -> "LatentCodec":
+        if preset not in VAE_PRESETS:
+            raise ValueError(f"unknown codec preset {preset!r}; choose from {sorted(VAE_PRESETS)}")
+        blocks = len(VAE_PRESETS[preset]["block_out_channels"])
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            latent_channels=4,
+            down_block_types=("DownEncoderBlock2D",) * blocks,
+            up_block_types=("UpDecoderBlock2D",) * blocks,
+            scaling_factor=0.18215,
+            **VAE_PRESETS[preset],
+        )
+        return cls(vae)
+
+    @classmethod
+    def from_pretrained(cls, name: str, revision: str | None = None) -> "LatentCodec":
+        return cls(_load(AutoencoderKL, name, "vae", revision))
+
+
+def build_denoiser(config: BackboneConfig) -> SRDenoiser:
+    """The denoiser for a backbone config (pretrained folder / hub id, else the named preset)."""
+    if config.pretrained:
+        return SRDenoiser.from_pretrained(config.pretrained, config.revision)
+    return SRDenoiser.from_preset(config.preset)
+
+
+def build_codec(config: BackboneConfig) -> LatentCodec:
+    """The latent codec for a backbone config."""
+    if config.pretrained:
+        return LatentCodec.from_pretrained(config.pretrained, config.revision)
+    return LatentCodec.from_preset(config.preset)
+
+
+def scheduler_source(config: BackboneConfig) -> str | dict[str, Any] | None:
+    """The scheduler config to read the noise schedule from: the pretrained folder's, else SD 2.1-base's."""
+    if not config.pretrained:
+        return None
+    if not _is_local(config.pretrained):
+        from diffusers import DDIMScheduler
+
+        return dict(DDIMScheduler.load_config(config.pretrained, subfolder="scheduler", revision=config.revision))
+    folder = Path(config.pretrained).expanduser() / "scheduler"
+    if not (folder / "scheduler_config.json").is_file():
+        warnings.warn(f"{folder}/scheduler_config.json missing; using SD 2.1-base's noise schedule", stacklevel=2)
+        return None
+    return str(folder)

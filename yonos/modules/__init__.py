@@ -1,0 +1,5 @@
+"""The training stages, one LightningModule each (depth 1, no shared base class)."""
+
+from yonos.modules.teacher import TeacherModule
+
+__all__ = ["TeacherModule"]

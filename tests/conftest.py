@@ -48,3 +48,8 @@ def sample_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+
+@pytest.fixture()
+def make_tiny_unet():
+    """Factory of tiny SD-shaped UNets: ``make_tiny_unet(in_channels=4, seed=0)``."""
+    return tiny_unet

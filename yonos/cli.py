@@ -7,9 +7,10 @@ Single node, one or more GPUs (Lightning picks every visible device with ``--tra
     yonos validate -c experiments/teacher_x2.yaml --ckpt_path PATH.ckpt
     yonos predict -c experiments/tiny/teacher_x2.yaml --ckpt_path PATH.ckpt --data.predict_dir LR_DIR
 
-Embedded default data (photos shipped with scikit-image)::
+Embedded default data (photos shipped with scikit-image) and the CPU demo on it::
 
     yonos prepare-samples [--out data/samples]
+    yonos demo
 """
 
 from __future__ import annotations
@@ -39,15 +40,22 @@ def _prepare_samples(argv: list[str]) -> None:
         print(f"{split}: {len(paths)} images in {paths[0].parent}")
 
 
-EXTRA_COMMANDS = {"prepare-samples": _prepare_samples}
+def _demo(argv: list[str]) -> None:
+    from yonos.demo import main as demo_main
+
+    demo_main(argv)
 
 
-def main(args: list[str] | None = None) -> None:
+EXTRA_COMMANDS = {"prepare-samples": _prepare_samples, "demo": _demo}
+
+
+def main(args: list[str] | None = None) -> YonosCLI | None:
+    """Entry point of ``yonos`` / ``python -m yonos``; returns the CLI object (its ``trainer``) for LightningCLI runs."""
     argv = list(sys.argv[1:] if args is None else args)
     if argv and argv[0] in EXTRA_COMMANDS:
         EXTRA_COMMANDS[argv[0]](argv[1:])
-        return
-    YonosCLI(
+        return None
+    return YonosCLI(
         pl.LightningModule,
         SRDataModule,
         subclass_mode_model=True,

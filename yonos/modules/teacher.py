@@ -6,6 +6,7 @@ degradations come from the DataModule; EMA comes from Lightning's ``EMAWeightAve
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 import lightning.pytorch as pl
@@ -59,12 +60,13 @@ class TeacherModule(pl.LightningModule):
             lr_scheduler: optional scheduler factory, stepped every optimizer step.
         """
         super().__init__()
+        backbone = BackboneConfig(**backbone) if isinstance(backbone, dict) else backbone or BackboneConfig()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.hparams["backbone"] = asdict(backbone)  # plain types: checkpoints load with weights_only=True
         if scale < 1:
             raise ValueError(f"model.scale must be >= 1, got {scale}")
         if val_num_steps < 1:
             raise ValueError(f"model.val_num_steps must be >= 1, got {val_num_steps}")
-        backbone = backbone or BackboneConfig()
         self.scale, self.prediction_type, self.loss_weighting = scale, prediction_type, loss_weighting
         self.val_num_steps, self.log_images, self.seed = val_num_steps, log_images, seed
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
@@ -87,6 +89,10 @@ class TeacherModule(pl.LightningModule):
         return self
 
     def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        scales = getattr(datamodule, "scales", None)
+        if stage != "predict" and scales is not None and self.scale not in scales:
+            raise ValueError(f"model.scale = {self.scale} is not produced by the data module: data.scales = {scales}")
         if stage in ("fit", "validate", "test"):
             self.val_metrics.prepare()
 

@@ -1,0 +1,62 @@
+"""The command line: every experiment yaml parses with the real CLI; the demo's pieces run end to end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from yonos.cli import main
+from yonos.demo import run_demo
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = sorted((ROOT / "experiments").rglob("*.yaml"))
+
+
+def test_there_are_experiments():
+    names = {p.relative_to(ROOT / "experiments").as_posix() for p in EXPERIMENTS}
+    assert {"teacher_x2.yaml", "tiny/teacher_x2.yaml"} <= names
+
+
+@pytest.mark.parametrize("config", EXPERIMENTS, ids=lambda p: p.relative_to(ROOT / "experiments").as_posix())
+def test_each_yaml_parses_with_the_real_cli(config: Path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "-c", str(config), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"].startswith("yonos.modules.")
+    assert printed["data"]["scales"]
+
+
+def test_a_typo_in_a_choice_fails_at_parse_time(capsys):
+    config = ROOT / "experiments" / "tiny" / "teacher_x2.yaml"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "-c", str(config), "--model.init_args.prediction_type=v_predction", "--print_config"])
+    assert exit_info.value.code != 0
+    assert "v_predction" in capsys.readouterr().err
+
+
+def test_python_dash_m_yonos_shows_the_subcommands():
+    result = subprocess.run([sys.executable, "-m", "yonos", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0
+    assert all(command in result.stdout for command in ("fit", "validate", "test", "predict"))
+
+
+def test_demo_pieces_run_end_to_end_on_a_small_budget(tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the demo's config paths are relative to the repository root
+    result = run_demo(
+        data_dir=str(tmp_path / "samples"), out_dir=str(tmp_path / "out"), max_steps=2, hr_size=32
+    )
+    assert Path(result["checkpoint"]).is_file()
+    assert {"val/psnr", "val/ssim"} <= set(result["metrics"])
+    from yonos.images import read_rgb
+
+    lr, sr = read_rgb(result["lr_input"]), read_rgb(result["sr_output"])
+    assert sr.shape[-2:] == (2 * lr.shape[-2], 2 * lr.shape[-1])
+    assert list((tmp_path / "out").glob("events.out.tfevents.*"))
+    # A second run finds the finished training and resumes nothing.
+    again = run_demo(data_dir=str(tmp_path / "samples"), out_dir=str(tmp_path / "out"), max_steps=2, hr_size=32)
+    assert again["metrics"] == pytest.approx(result["metrics"])

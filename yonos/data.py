@@ -42,13 +42,18 @@ def lr_key(scale: int) -> str:
     return f"lr_x{scale}"
 
 
-def pad_reflect_to(image: Tensor, size: int) -> Tensor:
-    """Pad (C, H, W) by reflection so that both sides are at least ``size`` (repeats the reflection if needed)."""
+def pad_reflect_to(image: Tensor, size: int, mode: Literal["reflect", "symmetric"] = "reflect", unit: int = 1) -> Tensor:
+    """Pad (C, H, W) by reflection so that both sides are at least ``size`` (repeats the reflection if needed).
+
+    ``unit`` > 1 pads by multiples of ``unit`` pixels per side (the HR of a pair whose LR was padded by
+    pad / unit, with ``symmetric`` so that HR and LR stay aligned).
+    """
     height, width = image.shape[-2:]
     pad_h, pad_w = max(size - height, 0), max(size - width, 0)
     if pad_h == 0 and pad_w == 0:
         return image
-    array = np.pad(image.numpy(), ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2)), "reflect")
+    top, left = (pad_h // unit // 2) * unit, (pad_w // unit // 2) * unit
+    array = np.pad(image.numpy(), ((0, 0), (top, pad_h - top), (left, pad_w - left)), mode)
     return torch.from_numpy(array)
 
 
@@ -85,14 +90,18 @@ class HRFolderDataset(Dataset):
         self.paths = _scan(self.root, key)
         self.hr_size, self.train, self.key = hr_size, train, key
         self._generator: torch.Generator | None = None
+        self._generator_seed: int | None = None
         self._failed: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def _rng(self) -> torch.Generator:
-        if self._generator is None:
-            self._generator = torch.Generator().manual_seed(torch.initial_seed())
+        # Rebuilt when the process seed changes: a generator made in the main process before the DataLoader
+        # workers started must not be inherited (every worker would draw the same crops).
+        seed = torch.initial_seed()
+        if self._generator is None or self._generator_seed != seed:
+            self._generator, self._generator_seed = torch.Generator().manual_seed(seed), seed
         return self._generator
 
     def _read(self, index: int) -> tuple[int, Tensor]:
@@ -155,8 +164,9 @@ class PairedFolderDataset(Dataset):
                 f"{tuple(lr.shape[-2:])} (data.scales[-1] = {self.scale})"
             )
         if self.hr_size is not None:
-            hr = pad_reflect_to(hr, self.hr_size)
-            lr = pad_reflect_to(lr, self.hr_size // self.scale)
+            # Symmetric padding by whole LR pixels keeps LR pixel i aligned with HR pixels [i*s, (i+1)*s).
+            lr = pad_reflect_to(lr, self.hr_size // self.scale, mode="symmetric")
+            hr = pad_reflect_to(hr, self.hr_size, mode="symmetric", unit=self.scale)
             top, left = (lr.shape[-2] - self.hr_size // self.scale) // 2, (lr.shape[-1] - self.hr_size // self.scale) // 2
             lr = lr[:, top : top + self.hr_size // self.scale, left : left + self.hr_size // self.scale]
             hr = hr[:, top * self.scale : top * self.scale + self.hr_size, left * self.scale : left * self.scale + self.hr_size]
@@ -252,7 +262,7 @@ class SRDataModule(pl.LightningDataModule):
         if stage == "fit":
             train_set = HRFolderDataset(self.train_dir, self.hr_size, train=True, key="data.train_dir")
             self.train_set = ConcatDataset([train_set] * self.train_repeat) if self.train_repeat > 1 else train_set
-        if stage in ("fit", "validate", "test"):
+        if stage in ("validate", "test") or (stage == "fit" and self.val_dir):
             self.val_set = self._evaluation_set()
         if stage == "predict":
             self.predict_set = LRFolderDataset(self.predict_dir, key="data.predict_dir")
@@ -277,7 +287,9 @@ class SRDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.batch_size, shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_set is None:
+            return []  # no data.val_dir: training without validation
         return self._loader(self.val_set, self.val_batch_size, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
@@ -328,4 +340,5 @@ class SRDataModule(pl.LightningDataModule):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._restored_generator_state = state_dict.get("train_generator_state")
+        self._train_generator = None  # rebuilt from the restored state at the next draw
 

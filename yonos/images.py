@@ -21,11 +21,14 @@ def to_rgb8(image: Image.Image) -> np.ndarray:
     """Any PIL image as (H, W, 3) uint8 RGB: EXIF orientation applied; gray, palette, RGBA (alpha dropped),
     CMYK and 16-bit / 32-bit integer and float modes converted."""
     image = ImageOps.exif_transpose(image)
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
         array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if image.mode != "F" and array.max(initial=0) > 255 else 255.0
-        if image.mode == "F" and array.max(initial=0) <= 1.0:
-            peak = 1.0
+        if image.mode.startswith("I;16"):
+            peak = 65535.0  # 16-bit files: the full range, so a dark image stays dark
+        elif image.mode == "I":
+            peak = 65535.0 if array.max(initial=0) > 255 else 255.0  # 32-bit int: 16-bit data or 8-bit data
+        else:
+            peak = 1.0 if array.max(initial=0) <= 1.0 else 255.0  # float images in [0, 1] or [0, 255]
         gray = np.clip(np.round(array / peak * 255.0), 0, 255).astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=2)
     if image.mode == "P" and "transparency" in image.info:

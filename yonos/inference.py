@@ -56,3 +56,20 @@ def super_resolve(
         noise=noise,
     )
     return codec.decode(z_0)[..., :height, :width]
+
+
+def sample_with_seeds(
+    denoiser: SRDenoiser,
+    codec: LatentCodec,
+    scheduler: DDIMScheduler,
+    lr: Tensor,
+    scale: int,
+    seeds: list[int],
+    num_steps: int = 1,
+) -> Tensor:
+    """:func:`super_resolve` with the starting noise of sample i drawn from ``seeds[i]`` only."""
+    factor = codec.downsample_factor
+    height, width = lr.shape[-2] * scale, lr.shape[-1] * scale
+    latent_shape = (lr.shape[0], 4, -(-height // factor), -(-width // factor))
+    noise = per_sample_noise(latent_shape, seeds, lr.device)
+    return super_resolve(denoiser, codec, scheduler, lr, scale, num_steps, noise=noise)

@@ -1,8 +1,9 @@
-"""Validation pieces shared by the stage modules by composition: metric accumulation and the image grid."""
+"""Validation pieces shared by the stage modules by composition: metric accumulation, the image grid, and the
+evaluation step (sample at one or more DDIM step counts, update metrics, log)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 import torchvision
@@ -10,6 +11,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from yonos.data import SRBatch, lr_key, validation_seed
+from yonos.degradations import upsample_to
 from yonos.metrics import build_lpips, lpips_distance, psnr_y, ssim_y
 
 LPIPSChoice = Literal["alex", "vgg", "none"]
@@ -48,12 +51,56 @@ class SRMetrics(nn.Module):
             model = self._lpips_model[0].to(sr.device)
             self.lpips.update(lpips_distance(model, sr, hr))
 
-    def metrics(self, prefix: str) -> dict[str, MeanMetric]:
+    def metrics(self, prefix: str, suffix: str = "") -> dict[str, MeanMetric]:
         """The metric objects to pass to ``LightningModule.log_dict`` (computed and reset at epoch end)."""
-        out = {f"{prefix}/psnr": self.psnr, f"{prefix}/ssim": self.ssim}
+        out = {f"{prefix}/psnr{suffix}": self.psnr, f"{prefix}/ssim{suffix}": self.ssim}
         if self.lpips_net != "none":
-            out[f"{prefix}/{self.lpips_name}"] = self.lpips
+            out[f"{prefix}/{self.lpips_name}{suffix}"] = self.lpips
         return out
+
+
+SampleFn = Callable[[Tensor, list[int], int], Tensor]
+"""(LR batch, per-sample seeds, DDIM steps) -> SR batch in [0, 1]."""
+
+
+class SRValidation(nn.Module):
+    """Evaluates a sampler at the primary step count (metrics ``val/psnr`` ...) and at extra step counts
+    (``val/psnr_{n}steps`` ...). The noise of sample i is seeded from its dataset index, so the numbers do not
+    depend on batch size or world size."""
+
+    def __init__(
+        self,
+        num_steps: int = 1,
+        extra_steps: list[int] | None = None,
+        lpips_net: LPIPSChoice = "alex",
+        random_lpips_backbone: bool = False,
+        log_images: int = 4,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        steps = [num_steps, *[n for n in (extra_steps or []) if n != num_steps]]
+        if any(n < 1 for n in steps):
+            raise ValueError(f"model.val_num_steps / model.val_extra_steps must be >= 1, got {steps}")
+        self.steps, self.log_images, self.seed = steps, log_images, seed
+        self.per_steps = nn.ModuleDict({str(n): SRMetrics(lpips_net, 0, random_lpips_backbone) for n in steps})
+
+    def prepare(self) -> None:
+        for metrics in self.per_steps.values():
+            metrics.prepare()
+
+    def step(self, module, sample: SampleFn, batch: SRBatch, batch_idx: int, scale: int, prefix: str) -> None:
+        """One validation/test batch: SR at every step count, metric updates, logging, the image grid."""
+        hr, lr = batch["hr"], batch[lr_key(scale)]
+        seeds = [validation_seed(self.seed, int(i)) for i in batch["index"]]
+        for position, num_steps in enumerate(self.steps):
+            sr = sample(lr, seeds, num_steps)
+            metrics = self.per_steps[str(num_steps)]
+            metrics.update(sr, hr)
+            suffix = "" if position == 0 else f"_{num_steps}steps"
+            module.log_dict(metrics.metrics(prefix, suffix), batch_size=hr.shape[0], sync_dist=True)
+            if position == 0 and batch_idx == 0 and module.global_rank == 0:
+                lr_up = upsample_to(lr, tuple(hr.shape[-2:]))
+                log_image_grid(module.logger, f"{prefix}/lr_sr_hr", lr_up, sr, hr, module.global_step, self.log_images)
 
 
 def log_image_grid(logger: object, tag: str, lr_up: Tensor, sr: Tensor, hr: Tensor, step: int, max_images: int = 4) -> None:

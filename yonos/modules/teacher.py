@@ -14,13 +14,25 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
-from yonos.data import SRBatch, lr_key, validation_seed
+from yonos.data import SRBatch, lr_key
 from yonos.degradations import upsample_to
 from yonos.diffusion import LossWeighting, PredictionType, make_scheduler, sample_timesteps
-from yonos.inference import per_sample_noise, super_resolve
+from yonos.inference import sample_with_seeds
 from yonos.losses import denoising_loss
 from yonos.models import BackboneConfig, build_codec, build_denoiser, scheduler_source
-from yonos.modules.evaluation import LPIPSChoice, SRMetrics, log_image_grid
+from yonos.modules.common import TrainingStream, configure_optimizer
+from yonos.modules.evaluation import LPIPSChoice, SRValidation
+
+
+def check_scales_available(module: pl.LightningModule, scales_needed: dict[str, int]) -> None:
+    """Fail at start when the DataModule does not produce a scale the module needs (names the yaml keys)."""
+    datamodule = getattr(module.trainer, "datamodule", None) if module._trainer is not None else None
+    produced = getattr(datamodule, "scales", None)
+    if produced is None:
+        return
+    for key, scale in scales_needed.items():
+        if scale not in produced:
+            raise ValueError(f"{key} = {scale} is not produced by the data module: data.scales = {produced}")
 
 
 class TeacherModule(pl.LightningModule):
@@ -34,6 +46,7 @@ class TeacherModule(pl.LightningModule):
         loss_weighting: LossWeighting = "one_plus_snr",
         rescale_betas_zero_snr: bool = False,
         val_num_steps: int = 1,
+        val_extra_steps: list[int] | None = None,
         lpips_net: LPIPSChoice = "alex",
         random_lpips_backbone: bool = False,
         gradient_checkpointing: bool = False,
@@ -49,7 +62,8 @@ class TeacherModule(pl.LightningModule):
             prediction_type: what the UNet outputs; every loss goes through the x0 conversion.
             loss_weighting: w(lambda_t) of the x0 loss; one_plus_snr equals the MSE on v.
             rescale_betas_zero_snr: rescale the schedule to zero terminal SNR (Lin et al. 2024).
-            val_num_steps: DDIM steps used by validation, test and predict (1 = YONOS-SR).
+            val_num_steps: DDIM steps of validation, test and predict (1 = YONOS-SR); metrics val/psnr, ...
+            val_extra_steps: more step counts to validate at, logged as val/psnr_{n}steps, ...
             lpips_net: LPIPS backbone for validation, or none. Its pretrained weights must be available.
             random_lpips_backbone: LPIPS with a random backbone (code-path checks only; logged as
                 val/lpips_<net>_random_backbone, never as val/lpips).
@@ -65,10 +79,7 @@ class TeacherModule(pl.LightningModule):
         self.hparams["backbone"] = asdict(backbone)  # plain types: checkpoints load with weights_only=True
         if scale < 1:
             raise ValueError(f"model.scale must be >= 1, got {scale}")
-        if val_num_steps < 1:
-            raise ValueError(f"model.val_num_steps must be >= 1, got {val_num_steps}")
         self.scale, self.prediction_type, self.loss_weighting = scale, prediction_type, loss_weighting
-        self.val_num_steps, self.log_images, self.seed = val_num_steps, log_images, seed
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
 
         self.denoiser = build_denoiser(backbone)
@@ -77,35 +88,21 @@ class TeacherModule(pl.LightningModule):
         self.codec = build_codec(backbone).eval().requires_grad_(False)
         self.scheduler = make_scheduler(scheduler_source(backbone), prediction_type, rescale_betas_zero_snr)
         self.register_buffer("alphas_cumprod", self.scheduler.alphas_cumprod.clone(), persistent=False)
-        self.val_metrics = SRMetrics(lpips_net, crop_border=0, random_lpips_backbone=random_lpips_backbone)
-        self._generator: torch.Generator | None = None
-        self._restored_generator_state: Tensor | None = None
-
-    # Frozen parts stay in eval mode whatever Lightning asks of the module.
+        self.validation = SRValidation(val_num_steps, val_extra_steps, lpips_net, random_lpips_backbone, log_images, seed)
+        self.stream = TrainingStream(seed)
 
     def train(self, mode: bool = True) -> "TeacherModule":
         super().train(mode)
-        self.codec.eval()
+        self.codec.eval()  # frozen parts stay in eval mode whatever Lightning asks of the module
         return self
 
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        scales = getattr(datamodule, "scales", None)
-        if stage != "predict" and scales is not None and self.scale not in scales:
-            raise ValueError(f"model.scale = {self.scale} is not produced by the data module: data.scales = {scales}")
+        if stage != "predict":
+            check_scales_available(self, {"model.scale": self.scale})
         if stage in ("fit", "validate", "test"):
-            self.val_metrics.prepare()
+            self.validation.prepare()
 
     # Training.
-
-    def generator(self) -> torch.Generator:
-        """This rank's stream of timesteps and noise (seed + global rank), created on the module's device."""
-        if self._generator is None or self._generator.device != self.device:
-            self._generator = torch.Generator(device=self.device).manual_seed(self.seed + self.global_rank)
-            if self._restored_generator_state is not None:
-                self._generator.set_state(self._restored_generator_state)
-                self._restored_generator_state = None
-        return self._generator
 
     def encode_pair(self, hr: Tensor, lr: Tensor) -> tuple[Tensor, Tensor]:
         """z_hr and z_lr (the LR upsampled to the HR size, then encoded), both (B, 4, H/8, W/8)."""
@@ -114,9 +111,9 @@ class TeacherModule(pl.LightningModule):
 
     def training_step(self, batch: SRBatch, batch_idx: int) -> Tensor:
         z_hr, z_lr = self.encode_pair(batch["hr"], batch[lr_key(self.scale)])
-        generator = self.generator()
+        generator = self.stream.generator(self.device, self.global_rank)
         t = sample_timesteps(z_hr.shape[0], self.scheduler.config.num_train_timesteps, generator, self.device)
-        eps = torch.randn(z_hr.shape, generator=generator, device=self.device, dtype=z_hr.dtype)
+        eps = torch.randn(z_hr.shape, generator=generator, device=self.device, dtype=z_hr.dtype)  # (B, 4, h, w)
         loss = denoising_loss(
             self.denoiser, z_hr, z_lr, t, eps, self.alphas_cumprod, self.prediction_type, self.loss_weighting
         )
@@ -125,52 +122,27 @@ class TeacherModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.denoiser.parameters() if p.requires_grad]
-        optimizer = (
-            self.optimizer_factory(params)
-            if self.optimizer_factory is not None
-            else torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-2)
-        )
-        if self.lr_scheduler_factory is None:
-            return optimizer
-        scheduler = self.lr_scheduler_factory(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return configure_optimizer(params, self.optimizer_factory, self.lr_scheduler_factory)
 
     # Sampling, validation, prediction.
 
     def sample(self, lr: Tensor, seeds: list[int] | None = None, num_steps: int | None = None) -> Tensor:
         """SR images for an LR batch; the noise of sample i comes from ``seeds[i]`` (default: model seed + i)."""
-        seeds = seeds if seeds is not None else [self.seed + i for i in range(lr.shape[0])]
-        factor = self.codec.downsample_factor
-        height, width = lr.shape[-2] * self.scale, lr.shape[-1] * self.scale
-        latent_shape = (lr.shape[0], 4, -(-height // factor), -(-width // factor))
-        noise = per_sample_noise(latent_shape, seeds, lr.device)
-        return super_resolve(
-            self.denoiser, self.codec, self.scheduler, lr, self.scale, num_steps or self.val_num_steps, noise=noise
-        )
-
-    def _evaluation_step(self, batch: SRBatch, batch_idx: int, prefix: str) -> None:
-        hr, lr = batch["hr"], batch[lr_key(self.scale)]
-        seeds = [validation_seed(self.seed, int(i)) for i in batch["index"]]
-        sr = self.sample(lr, seeds)
-        self.val_metrics.update(sr, hr)
-        self.log_dict(self.val_metrics.metrics(prefix), batch_size=hr.shape[0], sync_dist=True)
-        if batch_idx == 0 and self.global_rank == 0:
-            log_image_grid(self.logger, f"{prefix}/lr_sr_hr", upsample_to(lr, tuple(hr.shape[-2:])), sr, hr, self.global_step, self.log_images)
+        seeds = seeds if seeds is not None else [self.hparams.seed + i for i in range(lr.shape[0])]
+        steps = num_steps or self.validation.steps[0]
+        return sample_with_seeds(self.denoiser, self.codec, self.scheduler, lr, self.scale, seeds, steps)
 
     def validation_step(self, batch: SRBatch, batch_idx: int) -> None:
-        self._evaluation_step(batch, batch_idx, "val")
+        self.validation.step(self, self.sample, batch, batch_idx, self.scale, "val")
 
     def test_step(self, batch: SRBatch, batch_idx: int) -> None:
-        self._evaluation_step(batch, batch_idx, "test")
+        self.validation.step(self, self.sample, batch, batch_idx, self.scale, "test")
 
     def predict_step(self, batch: SRBatch, batch_idx: int) -> dict[str, Any]:
         return {"sr": self.sample(batch["lr"]), "name": batch["name"]}
 
-    # The timestep/noise stream continues across a resume.
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self._generator is not None:
-            checkpoint["yonos_generator_state"] = self._generator.get_state()
+        self.stream.save(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._restored_generator_state = checkpoint.get("yonos_generator_state")
+        self.stream.load(checkpoint)

@@ -5,6 +5,7 @@ Every loss compares x0 predictions, obtained through ``yonos.diffusion.predict_x
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from yonos.diffusion import LossWeighting, PredictionType, add_noise, predict_x0, x0_loss_weight
@@ -31,3 +32,32 @@ def denoising_loss(
     z_t = add_noise(z_hr, eps, t, alphas_cumprod)  # (B, 4, h, w)
     x0_pred = predict_x0(denoiser(z_t, z_lr, t), z_t, t, alphas_cumprod, prediction_type)
     return weighted_x0_loss(x0_pred, z_hr, t, alphas_cumprod, weighting)
+
+
+def distillation_loss(
+    student: SRDenoiser,
+    teacher: SRDenoiser,
+    z_t: Tensor,
+    t: Tensor,
+    z_lr_student: Tensor,
+    z_lr_teacher: Tensor,
+    alphas_cumprod: Tensor,
+    prediction_type: PredictionType,
+    weighting: LossWeighting = "one_plus_snr",
+    z_hr: Tensor | None = None,
+    gt_mix: float = 0.0,
+) -> Tensor:
+    """Scale distillation (YONOS-SR section 3.2): w * ||x0_student(z_t, z_lr_N, t) - x0_teacher(z_t, z_lr_N/2, t)||^2.
+
+    The same z_t and t go to both networks; only the LR condition differs. ``gt_mix`` in [0, 1] blends in the
+    ground-truth term w * ||x0_student - z_hr||^2 (an experiment, not the paper's recipe).
+    """
+    with torch.no_grad():
+        x0_teacher = predict_x0(teacher(z_t, z_lr_teacher, t), z_t, t, alphas_cumprod, prediction_type)
+    x0_student = predict_x0(student(z_t, z_lr_student, t), z_t, t, alphas_cumprod, prediction_type)
+    loss = weighted_x0_loss(x0_student, x0_teacher, t, alphas_cumprod, weighting)
+    if gt_mix > 0:
+        if z_hr is None:
+            raise ValueError("gt_mix > 0 needs z_hr")
+        loss = (1.0 - gt_mix) * loss + gt_mix * weighted_x0_loss(x0_student, z_hr, t, alphas_cumprod, weighting)
+    return loss

@@ -1,5 +1,6 @@
 """The training stages, one LightningModule each (depth 1, no shared base class)."""
 
+from yonos.modules.distill import ScaleDistillModule
 from yonos.modules.teacher import TeacherModule
 
-__all__ = ["TeacherModule"]
+__all__ = ["ScaleDistillModule", "TeacherModule"]

@@ -1,0 +1,177 @@
+"""Stage 2: scale distillation (method.md section 2.2). A student at scale N learns the frozen teacher's x0
+prediction for the same noisy latent, the teacher seeing the LR at scale N / k (the paper: N / 2).
+
+The teacher is a TeacherModule or an earlier ScaleDistillModule checkpoint; the student starts as its copy.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor
+
+from yonos.data import SRBatch, lr_key
+from yonos.degradations import upsample_to
+from yonos.diffusion import LossWeighting, add_noise, make_scheduler, sample_timesteps
+from yonos.inference import sample_with_seeds
+from yonos.losses import distillation_loss
+from yonos.models import scheduler_source
+from yonos.modules.common import TrainingStream, configure_optimizer, load_stage_checkpoint
+from yonos.modules.evaluation import LPIPSChoice, SRValidation
+from yonos.modules.teacher import check_scales_available
+
+
+def check_scale_rule(teacher_scale: int, student_scale: int) -> None:
+    """The student magnifies more than its teacher, by an integer factor (the paper doubles: 2 -> 4 -> 8)."""
+    if teacher_scale < 1 or student_scale <= teacher_scale or student_scale % teacher_scale:
+        raise ValueError(
+            f"model.student_scale = {student_scale} must be a multiple of model.teacher_scale = {teacher_scale} "
+            "greater than it (e.g. 2 -> 4 -> 8)"
+        )
+
+
+class ScaleDistillModule(pl.LightningModule):
+    """Trains a student at ``student_scale`` on a frozen teacher at ``teacher_scale`` (same z_t, t and noise)."""
+
+    def __init__(
+        self,
+        teacher_ckpt: str,
+        teacher_scale: int = 2,
+        student_scale: int = 4,
+        gt_mix: float = 0.0,
+        loss_weighting: LossWeighting | None = None,
+        val_num_steps: int = 1,
+        val_extra_steps: list[int] | None = None,
+        lpips_net: LPIPSChoice = "alex",
+        random_lpips_backbone: bool = False,
+        gradient_checkpointing: bool = False,
+        log_images: int = 4,
+        seed: int = 0,
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        """
+        Args:
+            teacher_ckpt: checkpoint of a TeacherModule or of an earlier ScaleDistillModule.
+            teacher_scale: scale of the teacher's LR input; must equal the scale the teacher was trained at.
+            student_scale: scale the student learns; a multiple of teacher_scale greater than it.
+            gt_mix: weight in [0, 1] of a ground-truth x0 term blended into the loss (0 = the paper).
+            loss_weighting: w(lambda_t); default: the teacher's.
+            val_num_steps: DDIM steps of the student's validation (metrics val/psnr, ...).
+            val_extra_steps: more step counts to validate at (val/psnr_{n}steps, ...).
+            lpips_net: LPIPS backbone for validation, or none.
+            random_lpips_backbone: LPIPS with a random backbone (code-path checks only).
+            gradient_checkpointing: trade compute for student UNet activation memory.
+            log_images: rows of (LR | SR | HR) logged per validation epoch.
+            seed: seed of the timestep/noise stream (seed + rank) and of validation noise.
+            optimizer: optimizer factory over the student's parameters (default AdamW, lr 1e-4, wd 1e-2).
+            lr_scheduler: optional scheduler factory, stepped every optimizer step.
+        """
+        super().__init__()
+        check_scale_rule(teacher_scale, student_scale)
+        if not 0.0 <= gt_mix <= 1.0:
+            raise ValueError(f"model.gt_mix must be in [0, 1], got {gt_mix}")
+        source = load_stage_checkpoint(teacher_ckpt, key="model.teacher_ckpt")
+        if source.scale != teacher_scale:
+            raise ValueError(
+                f"model.teacher_scale = {teacher_scale} but model.teacher_ckpt {source.path} was trained at x{source.scale}"
+            )
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        # What a later stage needs to rebuild this model from the checkpoint alone.
+        self.hparams.update(
+            backbone=asdict(source.backbone),
+            prediction_type=source.prediction_type,
+            rescale_betas_zero_snr=source.rescale_betas_zero_snr,
+            loss_weighting=loss_weighting or source.loss_weighting,
+        )
+        self.teacher_scale, self.student_scale, self.gt_mix = teacher_scale, student_scale, gt_mix
+        self.prediction_type, self.loss_weighting = source.prediction_type, self.hparams.loss_weighting
+        self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
+
+        self.teacher = source.denoiser.eval().requires_grad_(False)
+        self.student = copy.deepcopy(source.denoiser).train().requires_grad_(True)
+        if gradient_checkpointing:
+            self.student.unet.enable_gradient_checkpointing()
+        self.codec = source.codec.eval().requires_grad_(False)
+        self.scheduler = make_scheduler(
+            scheduler_source(source.backbone), source.prediction_type, source.rescale_betas_zero_snr
+        )
+        self.register_buffer("alphas_cumprod", self.scheduler.alphas_cumprod.clone(), persistent=False)
+        self.validation = SRValidation(val_num_steps, val_extra_steps, lpips_net, random_lpips_backbone, log_images, seed)
+        self.stream = TrainingStream(seed)
+
+    def train(self, mode: bool = True) -> "ScaleDistillModule":
+        super().train(mode)
+        self.teacher.eval()
+        self.codec.eval()
+        return self
+
+    def setup(self, stage: str) -> None:
+        if stage != "predict":
+            needed = {"model.student_scale": self.student_scale}
+            if stage == "fit":
+                needed["model.teacher_scale"] = self.teacher_scale
+            check_scales_available(self, needed)
+        if stage in ("fit", "validate", "test"):
+            self.validation.prepare()
+
+    # Training.
+
+    def training_step(self, batch: SRBatch, batch_idx: int) -> Tensor:
+        hr = batch["hr"]
+        size = tuple(hr.shape[-2:])
+        with torch.no_grad():
+            z_hr = self.codec.encode(hr)  # (B, 4, H/8, W/8), once for both networks
+            z_lr_teacher = self.codec.encode(upsample_to(batch[lr_key(self.teacher_scale)], size))
+            z_lr_student = self.codec.encode(upsample_to(batch[lr_key(self.student_scale)], size))
+        generator = self.stream.generator(self.device, self.global_rank)
+        t = sample_timesteps(z_hr.shape[0], self.scheduler.config.num_train_timesteps, generator, self.device)
+        eps = torch.randn(z_hr.shape, generator=generator, device=self.device, dtype=z_hr.dtype)
+        z_t = add_noise(z_hr, eps, t, self.alphas_cumprod)  # one z_t, seen by teacher and student
+        loss = distillation_loss(
+            self.student, self.teacher, z_t, t, z_lr_student, z_lr_teacher, self.alphas_cumprod,
+            self.prediction_type, self.loss_weighting, z_hr=z_hr, gt_mix=self.gt_mix,
+        )
+        self.log("train/loss", loss, prog_bar=True, batch_size=z_hr.shape[0])
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        return configure_optimizer(params, self.optimizer_factory, self.lr_scheduler_factory)
+
+    # Sampling, validation, prediction (the student).
+
+    def sample(self, lr: Tensor, seeds: list[int] | None = None, num_steps: int | None = None) -> Tensor:
+        """Student SR images for an LR batch at ``student_scale``; sample i's noise comes from ``seeds[i]``."""
+        seeds = seeds if seeds is not None else [self.hparams.seed + i for i in range(lr.shape[0])]
+        steps = num_steps or self.validation.steps[0]
+        return sample_with_seeds(self.student, self.codec, self.scheduler, lr, self.student_scale, seeds, steps)
+
+    def validation_step(self, batch: SRBatch, batch_idx: int) -> None:
+        self.validation.step(self, self.sample, batch, batch_idx, self.student_scale, "val")
+
+    def test_step(self, batch: SRBatch, batch_idx: int) -> None:
+        self.validation.step(self, self.sample, batch, batch_idx, self.student_scale, "test")
+
+    def predict_step(self, batch: SRBatch, batch_idx: int) -> dict[str, Any]:
+        return {"sr": self.sample(batch["lr"]), "name": batch["name"]}
+
+    # Checkpoints hold the student and the codec; the frozen teacher is reloaded from teacher_ckpt.
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.stream.save(checkpoint)
+        for key in ("state_dict", "current_model_state"):
+            if key in checkpoint:
+                checkpoint[key] = {k: v for k, v in checkpoint[key].items() if not k.startswith("teacher.")}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.stream.load(checkpoint)
+        teacher_state = {f"teacher.{k}": v for k, v in self.teacher.state_dict().items()}
+        for key in ("state_dict", "current_model_state"):
+            if key in checkpoint:
+                checkpoint[key].update(teacher_state)

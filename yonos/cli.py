@@ -7,6 +7,10 @@ Single node, one or more GPUs (Lightning picks every visible device with ``--tra
     yonos validate -c experiments/teacher_x2.yaml --ckpt_path PATH.ckpt
     yonos predict -c experiments/tiny/teacher_x2.yaml --ckpt_path PATH.ckpt --data.predict_dir LR_DIR
 
+The progressive chain teacher x2 -> student x4 -> student x8, resumable (see experiments/README.md)::
+
+    yonos chain experiments/teacher_x2.yaml experiments/distill_x2_to_x4.yaml experiments/distill_x4_to_x8.yaml --out outputs/chain
+
 Embedded default data (photos shipped with scikit-image) and the CPU demo on it::
 
     yonos prepare-samples [--out data/samples]
@@ -46,7 +50,13 @@ def _demo(argv: list[str]) -> None:
     demo_main(argv)
 
 
-EXTRA_COMMANDS = {"prepare-samples": _prepare_samples, "demo": _demo}
+def _chain(argv: list[str]) -> None:
+    from yonos.chain import main as chain_main
+
+    chain_main(argv)
+
+
+EXTRA_COMMANDS = {"prepare-samples": _prepare_samples, "demo": _demo, "chain": _chain}
 
 
 def main(args: list[str] | None = None) -> YonosCLI | None:

@@ -3,7 +3,7 @@ checkpoint loading of earlier stages. No LightningModule here."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -71,6 +71,23 @@ def _sub_state(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
     return {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
 
 
+MODEL_CARD_KEY = "yonos_model"
+"""Checkpoint key of the model card: what a later stage needs to rebuild the SR model from the file alone."""
+
+
+def model_card(
+    backbone: BackboneConfig, scale: int, prediction_type: str, rescale_betas_zero_snr: bool, loss_weighting: str
+) -> dict[str, Any]:
+    """Plain-typed description of a stage's SR model, saved in its checkpoints (loads with weights_only=True)."""
+    return {
+        "backbone": asdict(backbone),
+        "scale": scale,
+        "prediction_type": prediction_type,
+        "rescale_betas_zero_snr": rescale_betas_zero_snr,
+        "loss_weighting": loss_weighting,
+    }
+
+
 def load_stage_checkpoint(path: str | Path, key: str = "model.teacher_ckpt") -> StageCheckpoint:
     """Load the SR model of a TeacherModule or ScaleDistillModule checkpoint (its EMA weights when the run used
     Lightning's EMA callback, which stores them as the checkpoint's ``state_dict``)."""
@@ -78,21 +95,21 @@ def load_stage_checkpoint(path: str | Path, key: str = "model.teacher_ckpt") -> 
     if not path.is_file():
         raise FileNotFoundError(f"{key}: checkpoint {path} does not exist")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    hparams, state = checkpoint.get("hyper_parameters", {}), checkpoint.get("state_dict", {})
-    if "backbone" not in hparams:
-        raise ValueError(f"{key}: {path} is not a yonos stage checkpoint (no backbone in its hyper_parameters)")
-    is_student = "student_scale" in hparams
-    backbone = BackboneConfig(**hparams["backbone"])
+    card, state = checkpoint.get(MODEL_CARD_KEY), checkpoint.get("state_dict", {})
+    if card is None:
+        raise ValueError(f"{key}: {path} is not a yonos stage checkpoint (it has no '{MODEL_CARD_KEY}' entry)")
+    backbone = BackboneConfig(**card["backbone"])
     denoiser, codec = build_denoiser(backbone), build_codec(backbone)
-    denoiser.load_state_dict(_sub_state(state, "student." if is_student else "denoiser."))
+    prefix = "student." if any(k.startswith("student.") for k in state) else "denoiser."
+    denoiser.load_state_dict(_sub_state(state, prefix))
     codec.load_state_dict(_sub_state(state, "codec."))
     return StageCheckpoint(
         denoiser=denoiser,
         codec=codec,
         backbone=backbone,
-        scale=int(hparams["student_scale"] if is_student else hparams["scale"]),
-        prediction_type=hparams["prediction_type"],
-        rescale_betas_zero_snr=bool(hparams.get("rescale_betas_zero_snr", False)),
-        loss_weighting=hparams.get("loss_weighting", "one_plus_snr"),
+        scale=int(card["scale"]),
+        prediction_type=card["prediction_type"],
+        rescale_betas_zero_snr=bool(card["rescale_betas_zero_snr"]),
+        loss_weighting=card["loss_weighting"],
         path=path,
     )

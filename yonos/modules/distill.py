@@ -7,7 +7,6 @@ The teacher is a TeacherModule or an earlier ScaleDistillModule checkpoint; the 
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict
 from typing import Any
 
 import lightning.pytorch as pl
@@ -21,7 +20,7 @@ from yonos.diffusion import LossWeighting, add_noise, make_scheduler, sample_tim
 from yonos.inference import sample_with_seeds
 from yonos.losses import distillation_loss
 from yonos.models import scheduler_source
-from yonos.modules.common import TrainingStream, configure_optimizer, load_stage_checkpoint
+from yonos.modules.common import MODEL_CARD_KEY, TrainingStream, configure_optimizer, load_stage_checkpoint, model_card
 from yonos.modules.evaluation import LPIPSChoice, SRValidation
 from yonos.modules.teacher import check_scales_available
 
@@ -82,15 +81,12 @@ class ScaleDistillModule(pl.LightningModule):
                 f"model.teacher_scale = {teacher_scale} but model.teacher_ckpt {source.path} was trained at x{source.scale}"
             )
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        # What a later stage needs to rebuild this model from the checkpoint alone.
-        self.hparams.update(
-            backbone=asdict(source.backbone),
-            prediction_type=source.prediction_type,
-            rescale_betas_zero_snr=source.rescale_betas_zero_snr,
-            loss_weighting=loss_weighting or source.loss_weighting,
-        )
         self.teacher_scale, self.student_scale, self.gt_mix = teacher_scale, student_scale, gt_mix
-        self.prediction_type, self.loss_weighting = source.prediction_type, self.hparams.loss_weighting
+        self.prediction_type, self.loss_weighting = source.prediction_type, loss_weighting or source.loss_weighting
+        # What a later stage needs to rebuild this model from the checkpoint alone.
+        self.model_card = model_card(
+            source.backbone, student_scale, source.prediction_type, source.rescale_betas_zero_snr, self.loss_weighting
+        )
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
 
         self.teacher = source.denoiser.eval().requires_grad_(False)
@@ -165,6 +161,7 @@ class ScaleDistillModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.stream.save(checkpoint)
+        checkpoint[MODEL_CARD_KEY] = self.model_card
         for key in ("state_dict", "current_model_state"):
             if key in checkpoint:
                 checkpoint[key] = {k: v for k, v in checkpoint[key].items() if not k.startswith("teacher.")}

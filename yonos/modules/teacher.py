@@ -20,7 +20,7 @@ from yonos.diffusion import LossWeighting, PredictionType, make_scheduler, sampl
 from yonos.inference import sample_with_seeds
 from yonos.losses import denoising_loss
 from yonos.models import BackboneConfig, build_codec, build_denoiser, scheduler_source
-from yonos.modules.common import TrainingStream, configure_optimizer
+from yonos.modules.common import MODEL_CARD_KEY, TrainingStream, configure_optimizer, model_card
 from yonos.modules.evaluation import LPIPSChoice, SRValidation
 
 
@@ -80,6 +80,7 @@ class TeacherModule(pl.LightningModule):
         if scale < 1:
             raise ValueError(f"model.scale must be >= 1, got {scale}")
         self.scale, self.prediction_type, self.loss_weighting = scale, prediction_type, loss_weighting
+        self.model_card = model_card(backbone, scale, prediction_type, rescale_betas_zero_snr, loss_weighting)
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
 
         self.denoiser = build_denoiser(backbone)
@@ -143,6 +144,7 @@ class TeacherModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.stream.save(checkpoint)
+        checkpoint[MODEL_CARD_KEY] = self.model_card
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.stream.load(checkpoint)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
-from typing import Literal, TypedDict
+from typing import Any, Literal, TypedDict
 
 import lightning.pytorch as pl
 import numpy as np
@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
-from yonos.degradations import bicubic_downsample
+from yonos.degradations import RealESRGANConfig, apply_realesrgan, bicubic_downsample, sample_realesrgan_params
+from yonos.degradations.config import PresetName
 from yonos.images import list_images, read_rgb
 
 LATENT_FACTOR = 8  # the SD VAE's downsampling factor
@@ -201,6 +202,35 @@ def degrade_bicubic(hr: Tensor, scales: list[int]) -> dict[int, Tensor]:
     return {scale: bicubic_downsample(hr, scale) for scale in scales}
 
 
+def degrade_realesrgan(
+    hr: Tensor, scales: list[int], config: RealESRGANConfig, generators: list[torch.Generator], shared: bool
+) -> dict[int, Tensor]:
+    """Real-ESRGAN LR images for each scale.
+
+    One generator draws for the whole batch (training). With one generator per sample (evaluation) each sample
+    is drawn AND degraded on its own: JPEG rounding turns the last-bit differences of batched kernels into
+    whole quantisation steps, so only a per-sample pass makes its LR independent of the batch it is in.
+    ``shared``: all scales come from one draw and differ only in the final resize; otherwise each scale draws anew.
+    """
+    if len(generators) == 1:
+        return _degrade_realesrgan_batch(hr, scales, config, generators[0], shared)
+    if len(generators) != hr.shape[0]:
+        raise ValueError(f"{len(generators)} generators for a batch of {hr.shape[0]}")
+    samples = [_degrade_realesrgan_batch(hr[i : i + 1], scales, config, g, shared) for i, g in enumerate(generators)]
+    return {scale: torch.cat([sample[scale] for sample in samples]) for scale in scales}
+
+
+def _degrade_realesrgan_batch(
+    hr: Tensor, scales: list[int], config: RealESRGANConfig, generator: torch.Generator, shared: bool
+) -> dict[int, Tensor]:
+    if shared:
+        return apply_realesrgan(hr, sample_realesrgan_params(config, hr.shape[0], generator, hr.device), scales)
+    return {
+        scale: apply_realesrgan(hr, sample_realesrgan_params(config, hr.shape[0], generator, hr.device), [scale])[scale]
+        for scale in scales
+    }
+
+
 class SRDataModule(pl.LightningDataModule):
     """HR image folders in, HR + LR at every configured scale out, LR made on the batch's device."""
 
@@ -212,7 +242,10 @@ class SRDataModule(pl.LightningDataModule):
         hr_size: int = 512,
         val_hr_size: int | None = None,
         scales: list[int] = [2],  # noqa: B006 - jsonargparse needs a literal default for --help
-        degradation: Literal["bicubic"] = "bicubic",
+        degradation: Literal["bicubic", "realesrgan"] = "bicubic",
+        preset: PresetName = "stablesr",
+        realesrgan: dict[str, Any] | None = None,
+        shared_degradation: bool = True,
         batch_size: int = 4,
         val_batch_size: int | None = None,
         num_workers: int = 4,
@@ -227,7 +260,14 @@ class SRDataModule(pl.LightningDataModule):
             hr_size: training crop side in pixels; a multiple of 8 x every scale.
             val_hr_size: validation centre-crop side (default: hr_size).
             scales: LR scales to produce, as batch keys lr_x{s}.
-            degradation: how LR images are made from HR crops.
+            degradation: how LR images are made from HR crops: antialiased bicubic, or Real-ESRGAN's
+                second-order pipeline on the batch's device.
+            preset: Real-ESRGAN parameter preset (``stablesr``: StableSR's weakened version, the default of this
+                project; ``realesrgan``: Real-ESRGAN x4plus).
+            realesrgan: overrides of the preset, keys as in ``RealESRGANConfig`` (e.g. ``{stage1: {blur_sigma:
+                [0.2, 2.0]}, use_usm: false}``).
+            shared_degradation: with several scales, make all LR images from the SAME draw (kernels, noise, JPEG),
+                differing only in the final resize (method.md section 2.2); false draws each scale independently.
             batch_size: per-device training batch size.
             val_batch_size: per-device validation batch size (default: batch_size).
             seed: base seed; training rank r draws from seed + r, validation sample i from (seed, i).
@@ -246,7 +286,13 @@ class SRDataModule(pl.LightningDataModule):
                 raise ValueError(f"{key} = {size} must be a positive multiple of {multiple} (8 x lcm of data.scales {scales})")
         self.train_dir, self.val_dir, self.predict_dir = train_dir, val_dir, predict_dir
         self.hr_size, self.val_hr_size = hr_size, val_hr_size or hr_size
-        self.scales, self.degradation = scales, degradation
+        self.scales, self.degradation, self.shared_degradation = scales, degradation, shared_degradation
+        self.realesrgan_config = None
+        if degradation == "realesrgan":
+            try:
+                self.realesrgan_config = RealESRGANConfig.from_preset(preset, realesrgan)
+            except ValueError as err:  # the config names keys from `degradation.`; here they live under data.
+                raise ValueError(str(err).replace("degradation.preset", "data.preset").replace("degradation.", "data.realesrgan.")) from err
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
         self.num_workers, self.seed = num_workers, seed
         if train_repeat < 1:
@@ -317,6 +363,12 @@ class SRDataModule(pl.LightningDataModule):
         per-sample generators, so evaluation LR images do not depend on batch size or world size."""
         if self.degradation == "bicubic":
             return degrade_bicubic(hr, self.scales)
+        if self.degradation == "realesrgan":
+            if training or index is None:
+                generators = [self._training_generator(hr.device)]
+            else:
+                generators = [validation_generator(self.seed, int(i), hr.device) for i in index]
+            return degrade_realesrgan(hr, self.scales, self.realesrgan_config, generators, self.shared_degradation)
         raise ValueError(f"data.degradation: unknown degradation {self.degradation!r}")
 
     def on_after_batch_transfer(self, batch: SRBatch, dataloader_idx: int) -> SRBatch:

@@ -1,5 +1,27 @@
 """Image degradations that make LR training inputs from HR crops (pure torch + kornia, no Lightning)."""
 
 from yonos.degradations.bicubic import bicubic_downsample, quantize_8bit, upsample_to
+from yonos.degradations.realesrgan import (
+    PRESETS,
+    DegradationStageConfig,
+    RealESRGANConfig,
+    RealESRGANParams,
+    SecondStageConfig,
+    StageParams,
+    apply_realesrgan,
+    sample_realesrgan_params,
+)
 
-__all__ = ["bicubic_downsample", "quantize_8bit", "upsample_to"]
+__all__ = [
+    "PRESETS",
+    "DegradationStageConfig",
+    "RealESRGANConfig",
+    "RealESRGANParams",
+    "SecondStageConfig",
+    "StageParams",
+    "apply_realesrgan",
+    "bicubic_downsample",
+    "quantize_8bit",
+    "sample_realesrgan_params",
+    "upsample_to",
+]

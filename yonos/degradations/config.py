@@ -256,7 +256,7 @@ def _check_kernel_sizes(key: str, bounds: Any) -> None:
     _check_range(key, bounds)
     for size in bounds:
         if int(size) != size or size % 2 == 0:
-            raise ValueError(f"{key}: kernel size {size} must be an odd integer")
+            raise ValueError(f"{key}: kernel size {size} must be odd")
         if not 3 <= size <= MAX_KERNEL_SIZE:
             raise ValueError(f"{key}: kernel size {size} must be in [3, {MAX_KERNEL_SIZE}]")
 

@@ -12,17 +12,22 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from yonos.degradations.bicubic import bicubic_downsample, quantize_8bit
-from yonos.degradations.config import DegradationStageConfig, RealESRGANConfig
+from yonos.degradations.config import PRESETS, DegradationStageConfig, RealESRGANConfig, SecondStageConfig
 from yonos.degradations.kernels import bernoulli, categorical, sample_blur_kernels, sample_final_sinc_kernels, uniform
 from yonos.degradations.ops import RESIZE_MODES, add_noise, blur, jpeg, resize, usm_sharpen
 
 __all__ = [
+    "PRESETS",
+    "DegradationStageConfig",
+    "RealESRGANConfig",
     "RealESRGANParams",
+    "SecondStageConfig",
     "StageParams",
     "apply_realesrgan",
     "sample_realesrgan_params",
@@ -67,7 +72,7 @@ class RealESRGANParams:
 
     def to(self, device: torch.device | str) -> RealESRGANParams:
         """Move every tensor except the host-side noise seeds to ``device``."""
-        return _map_tensors(self, lambda t: t.to(device), keep={"noise_seed"})
+        return _map_tensors(self, lambda t: t.to(device), keep=frozenset({"noise_seed"}))
 
     @staticmethod
     def cat(params: Sequence[RealESRGANParams]) -> RealESRGANParams:
@@ -77,7 +82,7 @@ class RealESRGANParams:
         return _zip_tensors(params, torch.cat)
 
 
-def _map_tensors(params, fn: Callable[[Tensor], Tensor], keep: set[str] = frozenset()):
+def _map_tensors(params: Any, fn: Callable[[Tensor], Tensor], keep: frozenset[str] = frozenset()) -> Any:
     changes = {}
     for f in fields(params):
         value = getattr(params, f.name)
@@ -88,7 +93,7 @@ def _map_tensors(params, fn: Callable[[Tensor], Tensor], keep: set[str] = frozen
     return replace(params, **changes)
 
 
-def _zip_tensors(items: Sequence, fn: Callable[[list[Tensor]], Tensor]):
+def _zip_tensors(items: Sequence[Any], fn: Callable[[list[Tensor]], Tensor]) -> Any:
     changes = {}
     for f in fields(items[0]):
         values = [getattr(item, f.name) for item in items]
@@ -178,7 +183,7 @@ def _map_grouped(fn: Callable[..., Tensor], images: Images, active: Tensor, *per
     return out
 
 
-def _take(values: Tensor | Sequence, index: list[int]) -> Tensor | list:
+def _take(values: Tensor | Sequence[Any], index: list[int]) -> Tensor | list[Any]:
     if isinstance(values, Tensor):
         return values[torch.tensor(index, device=values.device)]
     return [values[i] for i in index]
@@ -238,7 +243,7 @@ def apply_realesrgan(hr: Tensor, params: RealESRGANParams, scales: Sequence[int]
 
     Args:
         hr: (B, 3, H, W) in [0, 1]; H and W divisible by every scale.
-        params: from :func:`sample_realesrgan_params`, on ``hr.device``.
+        params: from :func:`sample_realesrgan_params`, best on ``hr.device``.
         scales: integer downscaling factors, e.g. (2, 4).
 
     Returns:

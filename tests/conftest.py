@@ -53,3 +53,27 @@ def sample_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def make_tiny_unet():
     """Factory of tiny SD-shaped UNets: ``make_tiny_unet(in_channels=4, seed=0)``."""
     return tiny_unet
+
+
+@pytest.fixture(scope="session")
+def teacher_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny x2 TeacherModule checkpoint (two optimizer steps on random images)."""
+    import lightning.pytorch as pl
+
+    from yonos.degradations import bicubic_downsample
+    from yonos.models import BackboneConfig
+    from yonos.modules import TeacherModule
+
+    root = tmp_path_factory.mktemp("teacher")
+    torch.manual_seed(0)
+    module = TeacherModule(backbone=BackboneConfig(preset="tiny"), scale=2, lpips_net="none", log_images=0)
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    batches = [{"hr": images[i : i + 2], "lr_x2": bicubic_downsample(images[i : i + 2], 2)} for i in (0, 2)]
+    trainer = pl.Trainer(
+        accelerator="cpu", max_steps=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        enable_checkpointing=False, default_root_dir=root,
+    )
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
+    path = root / "teacher.ckpt"
+    trainer.save_checkpoint(path)
+    return path

@@ -24,21 +24,6 @@ def _trainer(root: Path, steps: int) -> pl.Trainer:
     )
 
 
-@pytest.fixture(scope="module")
-def teacher_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny x2 TeacherModule checkpoint (two optimizer steps on random images)."""
-    root = tmp_path_factory.mktemp("teacher")
-    torch.manual_seed(0)
-    module = TeacherModule(backbone=BackboneConfig(preset="tiny"), scale=2, lpips_net="none", log_images=0)
-    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    batches = [{"hr": images[i : i + 2], "lr_x2": bicubic_downsample(images[i : i + 2], 2)} for i in (0, 2)]
-    trainer = _trainer(root, 2)
-    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
-    path = root / "teacher.ckpt"
-    trainer.save_checkpoint(path)
-    return path
-
-
 def _student(teacher_ckpt: Path, **kwargs) -> ScaleDistillModule:
     defaults = dict(teacher_ckpt=str(teacher_ckpt), teacher_scale=2, student_scale=4, lpips_net="none", log_images=0)
     return ScaleDistillModule(**{**defaults, **kwargs})

@@ -20,7 +20,9 @@ Embedded default data (photos shipped with scikit-image) and the CPU demo on it:
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+from collections.abc import Callable
 
 import lightning.pytorch as pl
 from lightning.pytorch.cli import LightningCLI
@@ -44,19 +46,23 @@ def _prepare_samples(argv: list[str]) -> None:
         print(f"{split}: {len(paths)} images in {paths[0].parent}")
 
 
-def _demo(argv: list[str]) -> None:
-    from yonos.demo import main as demo_main
+def _lazy(module: str) -> Callable[[list[str]], None]:
+    """A subcommand whose module is imported only when it runs (keeps `yonos fit` start-up lean)."""
 
-    demo_main(argv)
+    def run(argv: list[str]) -> None:
+        importlib.import_module(module).main(argv)
 
-
-def _chain(argv: list[str]) -> None:
-    from yonos.chain import main as chain_main
-
-    chain_main(argv)
+    return run
 
 
-EXTRA_COMMANDS = {"prepare-samples": _prepare_samples, "demo": _demo, "chain": _chain}
+EXTRA_COMMANDS: dict[str, Callable[[list[str]], None]] = {
+    "prepare-samples": _prepare_samples,
+    "demo": _lazy("yonos.demo"),
+    "chain": _lazy("yonos.chain"),
+    "export": _lazy("yonos.export"),
+    "upscale": _lazy("yonos.upscale"),
+    "evaluate": _lazy("yonos.evaluate"),
+}
 
 
 def main(args: list[str] | None = None) -> YonosCLI | None:

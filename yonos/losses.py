@@ -61,3 +61,23 @@ def distillation_loss(
             raise ValueError("gt_mix > 0 needs z_hr")
         loss = (1.0 - gt_mix) * loss + gt_mix * weighted_x0_loss(x0_student, z_hr, t, alphas_cumprod, weighting)
     return loss
+
+
+def hinge_discriminator_loss(logits_real: Tensor, logits_fake: Tensor) -> Tensor:
+    """Hinge loss of the discriminator: mean(relu(1 - D(real))) + mean(relu(1 + D(fake))), halved."""
+    return 0.5 * (torch.relu(1.0 - logits_real).mean() + torch.relu(1.0 + logits_fake).mean())
+
+
+def hinge_generator_loss(logits_fake: Tensor) -> Tensor:
+    """The generator's side of the hinge GAN: -mean(D(fake))."""
+    return -logits_fake.mean()
+
+
+def adaptive_gan_weight(reconstruction: Tensor, adversarial: Tensor, last_layer: Tensor, max_weight: float = 1e4) -> Tensor:
+    """Taming-transformers' adaptive weight: ||grad_last(L_rec)|| / (||grad_last(L_gan)|| + 1e-4), detached.
+
+    Balances the GAN term against the reconstruction term at the decoder's last layer.
+    """
+    grad_rec = torch.autograd.grad(reconstruction, last_layer, retain_graph=True)[0]
+    grad_gan = torch.autograd.grad(adversarial, last_layer, retain_graph=True)[0]
+    return (grad_rec.norm() / (grad_gan.norm() + 1e-4)).clamp(0.0, max_weight).detach()

@@ -219,11 +219,17 @@ class LatentCodec(nn.Module):
         shift = self.vae.config.get("shift_factor") or 0.0
         return (latent - shift) * self.scaling_factor
 
-    def decode(self, latent: Tensor) -> Tensor:
-        """(B, 4, h, w) -> (B, 3, 8h, 8w) in [0, 1]."""
+    def decode(self, latent: Tensor, clamp: bool = True) -> Tensor:
+        """(B, 4, h, w) -> (B, 3, 8h, 8w) in [0, 1] (unclamped with ``clamp=False``: what decoder training needs,
+        since clamping stops gradients outside the range)."""
         shift = self.vae.config.get("shift_factor") or 0.0
-        image = self.vae.decode(latent.to(self.vae.dtype) / self.scaling_factor + shift).sample
-        return ((image.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+        image = (self.vae.decode(latent.to(self.vae.dtype) / self.scaling_factor + shift).sample.float() + 1.0) / 2.0
+        return image.clamp(0.0, 1.0) if clamp else image
+
+    def decoder_parameters(self) -> list[nn.Parameter]:
+        """The parameters the decoder fine-tuning stage trains: ``post_quant_conv`` and ``decoder``."""
+        modules = [self.vae.decoder] + ([self.vae.post_quant_conv] if self.vae.post_quant_conv is not None else [])
+        return [p for module in modules for p in module.parameters()]
 
     @classmethod
     def from_preset(cls, preset: Preset) -> "LatentCodec":
@@ -273,3 +279,19 @@ def scheduler_source(config: BackboneConfig) -> str | dict[str, Any] | None:
         warnings.warn(f"{folder}/scheduler_config.json missing; using SD 2.1-base's noise schedule", stacklevel=2)
         return None
     return str(folder)
+
+
+class PatchDiscriminator(nn.Sequential):
+    """PatchGAN discriminator (Isola et al. 2017; the SD VAE recipe's NLayerDiscriminator shape): a map of real/fake
+    logits, one per receptive-field patch. Inputs are images in [-1, 1]."""
+
+    def __init__(self, in_channels: int = 3, channels: int = 64, num_layers: int = 3) -> None:
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 4, 2, 1), nn.LeakyReLU(0.2, True)]
+        width = channels
+        for index in range(1, num_layers + 1):
+            out = channels * min(2**index, 8)
+            stride = 2 if index < num_layers else 1
+            layers += [nn.Conv2d(width, out, 4, stride, 1, bias=False), nn.BatchNorm2d(out), nn.LeakyReLU(0.2, True)]
+            width = out
+        layers.append(nn.Conv2d(width, 1, 4, 1, 1))
+        super().__init__(*layers)

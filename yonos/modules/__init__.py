@@ -1,6 +1,7 @@
 """The training stages, one LightningModule each (depth 1, no shared base class)."""
 
+from yonos.modules.decoder import DecoderFinetuneModule
 from yonos.modules.distill import ScaleDistillModule
 from yonos.modules.teacher import TeacherModule
 
-__all__ = ["ScaleDistillModule", "TeacherModule"]
+__all__ = ["DecoderFinetuneModule", "ScaleDistillModule", "TeacherModule"]

@@ -18,7 +18,9 @@ EXPERIMENTS = sorted((ROOT / "experiments").rglob("*.yaml"))
 
 def test_there_are_experiments():
     names = {p.relative_to(ROOT / "experiments").as_posix() for p in EXPERIMENTS}
-    assert {"teacher_x2.yaml", "tiny/teacher_x2.yaml"} <= names
+    stages = {"teacher_x2", "distill_x2_to_x4", "distill_x4_to_x8", "direct_x4", "direct_x8", "decoder_finetune"}
+    assert {f"{name}.yaml" for name in stages} <= names
+    assert {"tiny/teacher_x2.yaml", "tiny/distill_x2_to_x4.yaml", "tiny/decoder_finetune.yaml"} <= names
 
 
 @pytest.mark.parametrize("config", EXPERIMENTS, ids=lambda p: p.relative_to(ROOT / "experiments").as_posix())
@@ -47,16 +49,17 @@ def test_python_dash_m_yonos_shows_the_subcommands():
 
 def test_demo_pieces_run_end_to_end_on_a_small_budget(tmp_path: Path, monkeypatch):
     monkeypatch.chdir(ROOT)  # the demo's config paths are relative to the repository root
-    result = run_demo(
-        data_dir=str(tmp_path / "samples"), out_dir=str(tmp_path / "out"), max_steps=2, hr_size=32
-    )
-    assert Path(result["checkpoint"]).is_file()
-    assert {"val/psnr", "val/ssim"} <= set(result["metrics"])
+    result = run_demo(data_dir=str(tmp_path / "samples"), out_dir=str(tmp_path / "out"), max_steps=2, hr_size=32)
+    assert list(result["checkpoints"]) == ["teacher_x2", "student_x4"]
+    assert all(Path(path).is_file() for path in result["checkpoints"].values())
+    assert {"val/psnr", "val/ssim"} <= set(result["metrics"]["teacher_x2"])
+    assert {"val/psnr", "val/psnr_4steps"} <= set(result["metrics"]["student_x4"])
     from yonos.images import read_rgb
 
     lr, sr = read_rgb(result["lr_input"]), read_rgb(result["sr_output"])
-    assert sr.shape[-2:] == (2 * lr.shape[-2], 2 * lr.shape[-1])
-    assert list((tmp_path / "out").glob("events.out.tfevents.*"))
-    # A second run finds the finished training and resumes nothing.
+    assert sr.shape[-2:] == (4 * lr.shape[-2], 4 * lr.shape[-1])
+    assert list((tmp_path / "out" / "teacher_x2").glob("events.out.tfevents.*"))
+    # A second run finds the finished stages and trains nothing.
     again = run_demo(data_dir=str(tmp_path / "samples"), out_dir=str(tmp_path / "out"), max_steps=2, hr_size=32)
-    assert again["metrics"] == pytest.approx(result["metrics"])
+    for stage, values in result["metrics"].items():
+        assert again["metrics"][stage] == pytest.approx(values)

@@ -202,6 +202,8 @@ def test_chain_resumes_an_interrupted_stage_and_skips_finished_ones(tmp_path: Pa
 def test_chain_plan_checks(tmp_path: Path):
     with pytest.raises(ValueError, match="must be a TeacherModule"):
         chain.plan_chain([ROOT / "experiments/tiny/distill_x2_to_x4.yaml"])
+    with pytest.raises(ValueError, match="at most one decoder stage"):
+        chain.plan_chain([ROOT / "experiments/tiny/teacher_x2.yaml", ROOT / "experiments/tiny/teacher_x2.yaml"])
     with pytest.raises(ValueError, match="--until 8"):
         chain.plan_chain([ROOT / "experiments/tiny/teacher_x2.yaml"], until=8)
     stages = chain.plan_chain(

@@ -1,8 +1,8 @@
-"""``yonos chain``: the progressive teacher x2 -> student x4 -> student x8 training as one resumable command.
+"""``yonos chain``: teacher x2 -> student x4 -> student x8 (-> decoder fine-tuning) as one resumable command.
 
 Each stage is an ordinary ``yonos fit`` of its yaml, in its own folder ``OUT/<stage>`` (``teacher_x2``,
-``student_x4``, ...). A finished stage leaves ``OUT/<stage>/final.ckpt``; the next stage gets it as
-``model.init_args.teacher_ckpt``. Running the command again skips finished stages and resumes an
+``student_x4``, ..., ``decoder_x8``). A finished stage leaves ``OUT/<stage>/final.ckpt``; the next stage gets it
+as ``model.init_args.teacher_ckpt`` (distillation) or ``model.init_args.denoiser_ckpt`` (decoder). Running the command again skips finished stages and resumes an
 interrupted one from its ``last.ckpt``.
 """
 
@@ -28,8 +28,13 @@ class Stage:
 
     config: Path
     name: str
-    scale: int
-    distills: bool
+    scale: int | None  # None for the decoder stage: it keeps the scale of the model it fine-tunes
+    kind: Literal["teacher", "distill", "decoder"]
+
+    @property
+    def input_key(self) -> str | None:
+        """The init arg that receives the previous stage's checkpoint."""
+        return {"teacher": None, "distill": "teacher_ckpt", "decoder": "denoiser_ckpt"}[self.kind]
 
 
 def read_stage(config: str | Path) -> Stage:
@@ -41,11 +46,16 @@ def read_stage(config: str | Path) -> Stage:
     class_path, init_args = model.get("class_path", ""), model.get("init_args", {}) or {}
     if class_path.endswith("ScaleDistillModule"):
         scale = int(init_args.get("student_scale", 4))
-        return Stage(path, f"student_x{scale}", scale, distills=True)
+        return Stage(path, f"student_x{scale}", scale, "distill")
     if class_path.endswith("TeacherModule"):
         scale = int(init_args.get("scale", 2))
-        return Stage(path, f"teacher_x{scale}", scale, distills=False)
-    raise ValueError(f"{path}: model.class_path must be a yonos TeacherModule or ScaleDistillModule, got {class_path!r}")
+        return Stage(path, f"teacher_x{scale}", scale, "teacher")
+    if class_path.endswith("DecoderFinetuneModule"):
+        return Stage(path, "decoder", None, "decoder")
+    raise ValueError(
+        f"{path}: model.class_path must be a yonos TeacherModule, ScaleDistillModule or DecoderFinetuneModule, "
+        f"got {class_path!r}"
+    )
 
 
 def plan_chain(configs: list[str | Path], until: int | None = None) -> list[Stage]:
@@ -53,12 +63,16 @@ def plan_chain(configs: list[str | Path], until: int | None = None) -> list[Stag
     stages = [read_stage(c) for c in configs]
     if not stages:
         raise ValueError("give at least one stage config")
-    if stages[0].distills:
+    if stages[0].kind != "teacher":
         raise ValueError(f"{stages[0].config}: the first stage of a chain must be a TeacherModule")
     for previous, stage in zip(stages, stages[1:]):
-        if not stage.distills:
-            raise ValueError(f"{stage.config}: stages after the first must be ScaleDistillModule configs")
-        if stage.scale <= previous.scale:
+        if stage.kind == "teacher" or previous.kind == "decoder":
+            raise ValueError(
+                f"{stage.config}: after the teacher come ScaleDistillModule stages, then at most one decoder stage"
+            )
+        if stage.kind == "decoder":
+            stage.name, stage.scale = f"decoder_x{previous.scale}", previous.scale
+        elif stage.scale <= previous.scale:
             raise ValueError(f"{stage.config}: student scale x{stage.scale} must exceed the previous stage's x{previous.scale}")
     if until is not None:
         if until not in [s.scale for s in stages]:
@@ -85,7 +99,7 @@ def _publish(source: Path, target: Path) -> None:
     os.replace(temporary, target)
 
 
-def run_stage(stage: Stage, out_dir: Path, teacher_ckpt: Path | None, extra: list[str], handoff: Literal["last", "best"]) -> Path:
+def run_stage(stage: Stage, out_dir: Path, previous_ckpt: Path | None, extra: list[str], handoff: Literal["last", "best"]) -> Path:
     """Fit one stage (resuming from its last.ckpt if one exists) and publish its final checkpoint."""
     stage_dir = out_dir / stage.name
     final = stage_dir / FINAL
@@ -98,8 +112,10 @@ def run_stage(stage: Stage, out_dir: Path, teacher_ckpt: Path | None, extra: lis
         f"--trainer.logger.init_args.save_dir={stage_dir}",
         "--ckpt_path=last",
     ]
-    if teacher_ckpt is not None:
-        arguments.append(f"--model.init_args.teacher_ckpt={teacher_ckpt}")
+    if stage.input_key is not None:
+        arguments.append(f"--model.init_args.{stage.input_key}={previous_ckpt}")
+    if stage.kind == "decoder":
+        arguments.append(f"--data.scales=[{stage.scale}]")  # the scale of the model it fine-tunes
     print(f"[chain] {stage.name}: fitting {stage.config} in {stage_dir}")
     trainer = _fit([*arguments, *extra]).trainer
     if trainer.interrupted:
@@ -124,10 +140,10 @@ def run_chain(
     """Run the stages in order; returns each stage's final checkpoint."""
     out_dir = Path(out_dir)
     finals: dict[str, Path] = {}
-    teacher_ckpt: Path | None = None
+    previous: Path | None = None
     for stage in plan_chain(configs, until):
-        teacher_ckpt = run_stage(stage, out_dir, teacher_ckpt, list(extra or []), handoff)
-        finals[stage.name] = teacher_ckpt
+        previous = run_stage(stage, out_dir, previous, list(extra or []), handoff)
+        finals[stage.name] = previous
     return finals
 
 

@@ -121,10 +121,10 @@ class ScaleDistillModule(pl.LightningModule):
     def training_step(self, batch: SRBatch, batch_idx: int) -> Tensor:
         hr = batch["hr"]
         size = tuple(hr.shape[-2:])
-        with torch.no_grad():
-            z_hr = self.codec.encode(hr)  # (B, 4, H/8, W/8), once for both networks
-            z_lr_teacher = self.codec.encode(upsample_to(batch[lr_key(self.teacher_scale)], size))
-            z_lr_student = self.codec.encode(upsample_to(batch[lr_key(self.student_scale)], size))
+        with torch.no_grad():  # HR once for both networks; one VAE call for the three images
+            lr_teacher = upsample_to(batch[lr_key(self.teacher_scale)], size)
+            lr_student = upsample_to(batch[lr_key(self.student_scale)], size)
+            z_hr, z_lr_teacher, z_lr_student = self.codec.encode(torch.cat([hr, lr_teacher, lr_student])).chunk(3)
         generator = self.stream.generator(self.device, self.global_rank)
         t = sample_timesteps(z_hr.shape[0], self.scheduler.config.num_train_timesteps, generator, self.device)
         eps = torch.randn(z_hr.shape, generator=generator, device=self.device, dtype=z_hr.dtype)

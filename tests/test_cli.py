@@ -47,6 +47,19 @@ def test_python_dash_m_yonos_shows_the_subcommands():
     assert all(command in result.stdout for command in ("fit", "validate", "test", "predict"))
 
 
+def test_console_command_exits_zero_after_a_successful_fit(tmp_path: Path, sample_data: Path):
+    """The console script exits with main()'s return value: a successful run must exit 0."""
+    command = [
+        sys.executable, "-m", "yonos", "fit", "-c", str(ROOT / "experiments/tiny/teacher_x2.yaml"),
+        f"--data.train_dir={sample_data / 'train'}", f"--data.val_dir={sample_data / 'val'}", "--data.hr_size=32",
+        "--trainer.max_steps=1", "--trainer.limit_val_batches=0", f"--trainer.default_root_dir={tmp_path}",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
 def test_demo_pieces_run_end_to_end_on_a_small_budget(tmp_path: Path, monkeypatch):
     monkeypatch.chdir(ROOT)  # the demo's config paths are relative to the repository root
     result = run_demo(data_dir=str(tmp_path / "samples"), out_dir=str(tmp_path / "out"), max_steps=2, hr_size=32)

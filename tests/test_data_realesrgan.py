@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from yonos.cli import main
+from yonos.cli import run
 from yonos.data import SRDataModule, lr_key
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,7 +85,7 @@ def test_invalid_override_names_the_yaml_key(hr_folder: Path):
 
 def test_yaml_switch_trains_the_teacher_on_realesrgan_lr(tmp_path: Path, sample_data: Path, monkeypatch):
     monkeypatch.chdir(ROOT)
-    cli = main(
+    cli = run(
         [
             "fit", "-c", "experiments/tiny/teacher_x2_realesrgan.yaml",
             f"--data.train_dir={sample_data / 'train'}", f"--data.val_dir={sample_data / 'val'}", "--data.hr_size=32",

@@ -82,10 +82,10 @@ def plan_chain(configs: list[str | Path], until: int | None = None) -> list[Stag
 
 
 def _fit(arguments: list[str]):
-    from yonos.cli import main
+    from yonos.cli import run
 
     with mock.patch.object(sys, "argv", sys.argv[:1]):  # LightningCLI reads `arguments`, not the chain's argv
-        return main(arguments)
+        return run(arguments)
 
 
 def _publish(source: Path, target: Path) -> None:

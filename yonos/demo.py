@@ -21,11 +21,11 @@ TINY_CHAIN = ("experiments/tiny/teacher_x2.yaml", "experiments/tiny/distill_x2_t
 
 
 def _cli(arguments: list[str]):
-    from yonos.cli import main
+    from yonos.cli import run
 
     # LightningCLI reads these arguments, not the ones `yonos demo` was started with.
     with mock.patch.object(sys, "argv", sys.argv[:1]):
-        return main(arguments)
+        return run(arguments)
 
 
 def _stage_overrides(stage_dir: Path, data_dir: Path) -> list[str]:

@@ -1,0 +1,203 @@
+"""The metric suite of ``yonos evaluate``: which metrics run, how each is defined (stated in every summary), which
+were skipped and why, and FID over whole folders. The maths lives in ``yonos.metrics``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from importlib import metadata
+
+import torch
+from torch import Tensor, nn
+
+from yonos.metrics import (
+    IQA_METRICS,
+    LPIPSNet,
+    MissingWeightsError,
+    SSIMConvention,
+    build_fid,
+    build_iqa_metric,
+    build_lpips,
+    lpips_distance,
+    psnr_y,
+    ssim_y,
+)
+
+METRICS = ("psnr", "ssim", "lpips", "dists", "fid", "niqe", "musiq", "maniqa", "clipiqa")
+DEFAULT_METRICS = ("psnr", "ssim", "lpips", "dists", "fid")
+LOWER_IS_BETTER = {"lpips", "dists", "fid", "niqe"}
+PerImageFn = Callable[[Tensor, Tensor], float]
+
+
+def version(package: str) -> str:
+    """Installed version of a distribution, or ``not installed``."""
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def parse_metrics(text: str) -> list[str]:
+    """``psnr,ssim,...`` or ``all`` -> the metric names, validated."""
+    names = list(METRICS) if text.strip() == "all" else [n.strip().lower() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in METRICS]
+    if unknown or not names:
+        raise ValueError(f"--metrics: unknown {unknown or 'empty list'}; choose from {', '.join(METRICS)} or 'all'")
+    return list(dict.fromkeys(names))
+
+
+@dataclass
+class MetricOptions:
+    """How the metrics are computed; every field is reported in the summary."""
+
+    crop_border: int = 0
+    lpips_net: LPIPSNet = "alex"
+    random_lpips_backbone: bool = False
+    ssim_convention: SSIMConvention = "basicsr"
+    seed: int = 0
+    fid_feature: nn.Module | None = None
+    """A custom FID feature extractor (tests); the metric is then reported as ``fid_custom_features``."""
+
+
+@dataclass
+class MetricSuite:
+    """The per-image metrics and FID that could be built; ``skipped`` maps a requested metric to the reason."""
+
+    per_image: dict[str, PerImageFn] = field(default_factory=dict)
+    fid: nn.Module | None = None
+    fid_name: str = "fid"
+    definitions: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    _reference_done: bool = False
+    _count: int = 0
+
+    @property
+    def names(self) -> list[str]:
+        """Column names of the results, in order."""
+        return [*self.per_image, *([self.fid_name] if self.fid is not None else [])]
+
+    def score(self, sr: Tensor, hr: Tensor) -> dict[str, float]:
+        """Every per-image metric of one SR image against its HR image, both (1, 3, H, W) in [0, 1]; the pair also
+        enters the running FID of the current run."""
+        values = {name: fn(sr, hr) for name, fn in self.per_image.items()}
+        if self.fid is not None:
+            fid_update(self.fid, sr, hr, reference=not self._reference_done)
+            self._count += 1
+        return values
+
+    def finish_run(self) -> dict[str, float]:
+        """The set-level metrics of the run scored since the last call (FID); HR statistics are kept for the next."""
+        if self.fid is None:
+            return {}
+        value = fid_finish(self.fid, self._count)
+        self._reference_done, self._count = True, 0
+        return {self.fid_name: value}
+
+
+def fid_update(fid: nn.Module, sr: Tensor, hr: Tensor, reference: bool = True) -> None:
+    """Add one SR image (and its HR image when ``reference``) to a FID metric; (1, 3, H, W) in [0, 1]."""
+    device = next((b.device for b in fid.buffers()), torch.device("cpu"))
+    if reference:
+        fid.update(hr.to(device), real=True)
+    fid.update(sr.to(device), real=False)
+
+
+def fid_finish(fid: nn.Module, count: int) -> float:
+    """The FID of the images added since the last reset, then reset (HR statistics survive with
+    ``reset_real_features=False``); NaN for fewer than two images, whose covariance is undefined."""
+    value = float(fid.compute()) if count >= 2 else float("nan")
+    fid.reset()
+    return value
+
+
+def folder_fid(fid: nn.Module, pairs: Iterable[tuple[Tensor, Tensor]]) -> float:
+    """FID of all SR images against all HR images of ``pairs`` (sizes may differ between pairs)."""
+    count = 0
+    for sr, hr in pairs:
+        fid_update(fid, sr, hr)
+        count += 1
+    return fid_finish(fid, count)
+
+
+def _definitions(options: MetricOptions) -> dict[str, str]:
+    y = "Y of YCbCr (ITU-R BT.601 as MATLAB rgb2ycbcr: Y = 16 + 65.481 R + 128.553 G + 24.966 B, RGB in [0, 1]) of 8-bit images"
+    ssim_ref = {
+        "basicsr": "BasicSR calculate_ssim(test_y_channel=True): float Y",
+        "pyiqa": "pyiqa ssim(test_y_channel=True, color_space='ycbcr'): Y rounded to integers, negative c*s terms clipped",
+    }[options.ssim_convention]
+    backbone = f"{options.lpips_net} backbone" + (
+        " with RANDOM weights (a pipeline check, not LPIPS)" if options.random_lpips_backbone else ""
+    )
+    return {
+        "psnr": f"PSNR (dB) on the {y}, crop_border {options.crop_border}; = BasicSR calculate_psnr(test_y_channel=True) "
+        "= pyiqa psnr(test_y_channel=True, color_space='ycbcr')",
+        "ssim": f"SSIM on the same Y, Gaussian window 11 / sigma 1.5, valid region, K1 0.01, K2 0.03, data range 255, "
+        f"crop_border {options.crop_border}; convention {options.ssim_convention} ({ssim_ref})",
+        "lpips": f"LPIPS v0.1, lpips {version('lpips')}, {backbone}, RGB scaled to [-1, 1], full image",
+        "dists": f"DISTS, pyiqa {version('pyiqa')} ('dists'), full image",
+        "fid": f"FID, all SR images vs all HR images (folder vs folder), torchmetrics {version('torchmetrics')} "
+        "FrechetInceptionDistance: Inception v3 pool3 (2048-d) with torch-fidelity's weights (2015-12-05), images resized to "
+        "299 by torch-fidelity (bilinear); pyiqa/clean-fid resize with PIL bicubic, so values differ slightly",
+        "niqe": f"NIQE, pyiqa {version('pyiqa')} ('niqe', Y channel)",
+        "musiq": f"MUSIQ, pyiqa {version('pyiqa')} ('musiq', KonIQ-10k checkpoint)",
+        "maniqa": f"MANIQA, pyiqa {version('pyiqa')} ('maniqa-pipal', PIPAL checkpoint; random crops seeded with {options.seed})",
+        "clipiqa": f"CLIP-IQA, pyiqa {version('pyiqa')} ('clipiqa', RN50)",
+    }
+
+
+def _build_one(name: str, options: MetricOptions, device: torch.device) -> PerImageFn | nn.Module:
+    crop = options.crop_border
+    if name == "psnr":
+        return lambda sr, hr: float(psnr_y(sr, hr, crop))
+    if name == "ssim":
+        return lambda sr, hr: float(ssim_y(sr, hr, crop, options.ssim_convention))
+    if name == "lpips":
+        with torch.random.fork_rng(devices=[]):  # a random backbone is drawn from the seed: the same in every run
+            torch.manual_seed(options.seed)
+            model = build_lpips(options.lpips_net, random_backbone=options.random_lpips_backbone).to(device)
+        return lambda sr, hr: float(lpips_distance(model, sr.to(device), hr.to(device)))
+    if name == "fid":
+        feature = options.fid_feature if options.fid_feature is not None else 2048
+        return build_fid(feature, reset_real_features=False).to(device)
+    metric = build_iqa_metric(name, device, seed=options.seed)
+    if IQA_METRICS[name].full_reference:
+        return lambda sr, hr: float(metric(sr.to(device), hr.to(device)))
+    return lambda sr, hr: float(metric(sr.to(device)))
+
+
+def build_suite(names: list[str], options: MetricOptions, device: torch.device, skip_unavailable: bool = False) -> MetricSuite:
+    """Build every requested metric now, before any SR image is computed, so a missing weight file fails early.
+
+    With ``skip_unavailable``, a metric whose weights or package are missing is recorded in ``skipped`` with the
+    reason, and the others are still computed.
+    """
+    definitions = _definitions(options)
+    suite = MetricSuite()
+    for name in names:
+        try:
+            built = _build_one(name, options, device)
+        except (MissingWeightsError, ImportError) as err:
+            if not skip_unavailable:
+                raise
+            suite.skipped[name] = f"{type(err).__name__}: {err}"
+            continue
+        key = name
+        if name == "lpips" and options.random_lpips_backbone:
+            key = f"lpips_{options.lpips_net}_random_backbone"
+        if name == "fid":
+            suite.fid, suite.fid_name = built, "fid" if options.fid_feature is None else "fid_custom_features"
+            key = suite.fid_name
+            if options.fid_feature is not None:
+                definitions[key] = (
+                    f"FID with an injected feature extractor ({type(options.fid_feature).__name__}): not Inception FID"
+                )
+        else:
+            suite.per_image[key] = built
+        suite.definitions[key] = definitions.get(key, definitions[name])
+    return suite
+
+
+def lower_is_better(name: str) -> bool:
+    """Whether smaller values of a result column are better (names with suffixes such as ``_random_backbone`` too)."""
+    return name.split("_")[0] in LOWER_IS_BETTER

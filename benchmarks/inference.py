@@ -1,0 +1,237 @@
+"""Inference benchmark: one DDIM step versus N steps of the same pipeline, peak memory versus output size with
+tiling on, and tiled-versus-untiled agreement.
+
+    python benchmarks/inference.py [--reps 5] [--steps 200] [--threads 1] [--skip-sd21] [--sd21-size 128]
+
+Protocol: batch 1, float32, ``--threads`` CPU threads (default 1: steadier on a shared machine), one warm-up call of
+each part, then the best of ``--reps`` interleaved timed calls (one call for the N-step pipeline), CUDA synchronised
+around every timed region (``--device cuda``). Pipeline timings include the VAE encode and decode and exclude the
+colour fix (``none``) and tiling (off), so that they compare with the parts timed alone: encode, ONE UNet pass,
+decode. The ideal N-step / 1-step ratio is (enc + N * unet + dec) / (enc + unet + dec); ``speedup_over_ideal`` =
+measured / ideal (1.0: the pipeline adds no overhead of its own). Random weights: speed does not depend on them.
+sd21-base on a CPU runs at 32 -> 128 with N = 2 (``--sd21-size``, ``--sd21-steps``): one UNet pass takes seconds.
+
+Peak memory: each output size runs in a fresh process (CPU: peak RSS, sampled every 2 ms, above the RSS once the
+model is loaded; CUDA: ``torch.cuda.max_memory_allocated``), default tiles (512 px, overlap 128), tiny preset, x4.
+
+Ends with ONE JSON line: ``speedup_over_ideal`` (tiny), ``peak_mem_2048_over_512``, ``tiled_vs_untiled_psnr_db``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from yonos.diffusion import make_scheduler
+from yonos.models import LatentCodec, SRDenoiser
+from yonos.pipeline import DEFAULT_TILE_OVERLAP, DEFAULT_TILE_SIZE, YonosSRPipeline
+
+
+def build_pipeline(preset: str, scale: int, device: torch.device) -> YonosSRPipeline:
+    torch.manual_seed(0)
+    denoiser, codec = SRDenoiser.from_preset(preset).eval(), LatentCodec.from_preset(preset).eval()
+    return YonosSRPipeline.from_models(denoiser, codec, make_scheduler(None), scale).to(device)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def seconds(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall time of one call of ``fn``, device synchronised before and after."""
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+@torch.no_grad()
+def measure_speed(
+    preset: str, lr_size: int, scale: int, steps: int, reps: int, device: torch.device, warmup: bool = True
+) -> dict:
+    """Components and whole-pipeline times at ``lr_size`` -> ``lr_size * scale``; 1 step versus ``steps`` steps."""
+    pipe = build_pipeline(preset, scale, device)
+    out_size = lr_size * scale
+    lr = torch.rand(1, 3, lr_size, lr_size, generator=torch.Generator().manual_seed(0)).to(device)
+    condition = torch.rand(1, 3, out_size, out_size, generator=torch.Generator().manual_seed(1)).to(device)
+    codec, denoiser = pipe.codec, pipe.denoiser
+    z = codec.encode(condition)  # (1, 4, H/8, W/8)
+    t = torch.full((1,), pipe.scheduler.config.num_train_timesteps - 1, device=device)
+
+    def run(n: int) -> Callable[[], object]:
+        generator = torch.Generator().manual_seed(0)
+        return lambda: pipe(lr, num_inference_steps=n, generator=generator, tile_size=None, output_type="pt")
+
+    parts = {
+        "encode_s": lambda: codec.encode(condition),
+        "unet_s": lambda: denoiser(z, z, t),
+        "decode_s": lambda: codec.decode(z),
+        "one_step_s": run(1),
+    }
+    if warmup:
+        for fn in parts.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in parts}
+    for _ in range(reps):  # interleaved: a burst of load on a shared machine hits every part alike
+        for name, fn in parts.items():
+            times[name].append(seconds(fn, device))
+    result = {"preset": preset, "size": f"{lr_size}->{out_size}", "steps": steps}
+    result.update({name: min(values) for name, values in times.items()})  # best of reps: the least disturbed
+    result["n_steps_s"] = seconds(run(steps), device)
+    enc, unet, dec = result["encode_s"], result["unet_s"], result["decode_s"]
+    result["measured_speedup"] = result["n_steps_s"] / result["one_step_s"]
+    result["ideal_speedup"] = (enc + steps * unet + dec) / (enc + unet + dec)
+    result["speedup_over_ideal"] = result["measured_speedup"] / result["ideal_speedup"]
+    return result
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize()
+
+
+class PeakRSS:
+    """Highest resident set size seen while the ``with`` block runs (a thread samples it every 2 ms)."""
+
+    def __enter__(self) -> PeakRSS:
+        self.peak, self._running = _rss_bytes(), True
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while self._running:
+            self.peak = max(self.peak, _rss_bytes())
+            time.sleep(0.002)
+
+    def __exit__(self, *exc: object) -> None:
+        self._running = False
+        self._thread.join()
+        self.peak = max(self.peak, _rss_bytes())
+
+
+@torch.no_grad()
+def peak_memory_child(out_size: int, device: torch.device) -> dict:
+    """Run in a fresh process: peak memory of one tiled x4 call at ``out_size`` above the loaded model."""
+    pipe = build_pipeline("tiny", 4, device)
+    pipe(torch.rand(1, 3, 16, 16).to(device), generator=torch.Generator().manual_seed(0))  # warm-up: kernels, caches
+    lr = torch.rand(1, 3, out_size // 4, out_size // 4, generator=torch.Generator().manual_seed(0)).to(device)
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    baseline = torch.cuda.memory_allocated(device) if device.type == "cuda" else _rss_bytes()
+    start = time.perf_counter()
+    with PeakRSS() as rss:
+        pipe(lr, generator=torch.Generator().manual_seed(0), output_type="pt")
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else rss.peak
+    return {"size": out_size, "growth_mb": (peak - baseline) / 2**20, "peak_mb": peak / 2**20, "seconds": seconds}
+
+
+def peak_memory(out_size: int, device: torch.device) -> dict:
+    command = [sys.executable, __file__, "--child-peak", str(out_size), "--device", str(device)]
+    command += ["--threads", str(torch.get_num_threads())]
+    completed = subprocess.run(command, check=True, capture_output=True, text=True)
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+@torch.no_grad()
+def tiled_vs_untiled(out_size: int, tile: int, overlap: int, device: torch.device) -> float:
+    """PSNR (dB) between the tiled and the untiled output of the tiny random pipeline, same noise."""
+    pipe = build_pipeline("tiny", 4, device)
+    lr = torch.rand(1, 3, out_size // 4, out_size // 4, generator=torch.Generator().manual_seed(0)).to(device)
+    outputs = [
+        pipe(lr, generator=torch.Generator().manual_seed(0), tile_size=size, tile_overlap=overlap, output_type="pt")
+        for size in (None, tile)
+    ]
+    mse = F.mse_loss(outputs[0].images, outputs[1].images).item()
+    return 10 * math.log10(1.0 / max(mse, 1e-20))
+
+
+def _print_speed(rows: list[dict]) -> None:
+    print("\n(a) one step versus N steps, same pipeline, tiling off, colour fix none")
+    header = "| preset | size | enc s | 1 UNet s | dec s | 1-step s | N | N-step s | measured | ideal | meas./ideal |"
+    print(header)
+    print("|---" * (header.count("|") - 1) + "|")
+    for r in rows:
+        print(
+            f"| {r['preset']} | {r['size']} | {r['encode_s']:.3f} | {r['unet_s']:.3f} | {r['decode_s']:.3f} | "
+            f"{r['one_step_s']:.3f} | {r['steps']} | {r['n_steps_s']:.2f} | {r['measured_speedup']:.1f}x | "
+            f"{r['ideal_speedup']:.1f}x | {r['speedup_over_ideal']:.3f} |"
+        )
+
+
+def _print_memory(rows: list[dict], device: torch.device) -> None:
+    what = "max_memory_allocated" if device.type == "cuda" else "peak RSS"
+    print(f"\n(b) memory versus output size, x4, tiles {DEFAULT_TILE_SIZE}/{DEFAULT_TILE_OVERLAP} px, tiny ({what})")
+    print("| output | growth over loaded model (MiB) | peak (MiB) | seconds |")
+    print("|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['size']}^2 | {r['growth_mb']:.0f} | {r['peak_mb']:.0f} | {r['seconds']:.1f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--reps", type=int, default=5, help="timed runs per measurement (best of)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (children inherit it)")
+    parser.add_argument("--steps", type=int, default=200, help="N of the N-step run (tiny preset)")
+    parser.add_argument("--skip-sd21", action="store_true", help="skip the sd21-base speed run")
+    parser.add_argument("--sd21-size", type=int, default=128, help="sd21-base output size (CPU: 512 is too slow)")
+    parser.add_argument("--sd21-steps", type=int, default=2, help="N of the sd21-base N-step run (CPU: 200 is hours)")
+    parser.add_argument("--memory-sizes", type=int, nargs="+", default=[512, 1024, 2048])
+    parser.add_argument("--psnr-size", type=int, default=512, help="output size of the tiled-vs-untiled check")
+    parser.add_argument("--psnr-tile", type=int, nargs=2, default=[256, 64], help="tile size and overlap there")
+    parser.add_argument("--child-peak", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    if args.child_peak is not None:
+        print(json.dumps(peak_memory_child(args.child_peak, device)))
+        return
+
+    speed = [measure_speed("tiny", 128, 4, args.steps, args.reps, device)]
+    if not args.skip_sd21:
+        speed.append(measure_speed("sd21-base", args.sd21_size // 4, 4, args.sd21_steps, 1, device, warmup=False))
+    memory = [peak_memory(size, device) for size in args.memory_sizes]
+    psnr = tiled_vs_untiled(args.psnr_size, *args.psnr_tile, device)
+
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, float32, batch 1, "
+          f"load average at the end {load} (the CPU is shared: compare ratios, not seconds)")
+    _print_speed(speed)
+    _print_memory(memory, device)
+    print(
+        f"\n(c) tiled ({args.psnr_tile[0]}/{args.psnr_tile[1]} px) vs untiled, {args.psnr_size}^2 x4, tiny RANDOM "
+        f"networks: {psnr:.2f} dB (GroupNorm statistics, attention and receptive fields of random networks are not "
+        "local; tests/test_pipeline.py checks the stitching itself with local networks: >= 40 dB)"
+    )
+    by_size = {row["size"]: row["growth_mb"] for row in memory}
+    summary = {
+        "speedup_over_ideal": round(speed[0]["speedup_over_ideal"], 4),
+        "peak_mem_2048_over_512": round(by_size[2048] / by_size[512], 3) if {512, 2048} <= set(by_size) else None,
+        "tiled_vs_untiled_psnr_db": round(psnr, 2),
+        "measured_speedup": round(speed[0]["measured_speedup"], 2),
+        "ideal_speedup": round(speed[0]["ideal_speedup"], 2),
+    }
+    if len(speed) > 1:
+        summary["sd21_speedup_over_ideal"] = round(speed[1]["speedup_over_ideal"], 4)
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

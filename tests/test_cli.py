@@ -63,10 +63,13 @@ def test_console_command_exits_zero_after_a_successful_fit(tmp_path: Path, sampl
 def test_demo_pieces_run_end_to_end_on_a_small_budget(tmp_path: Path, monkeypatch):
     monkeypatch.chdir(ROOT)  # the demo's config paths are relative to the repository root
     result = run_demo(data_dir=str(tmp_path / "samples"), out_dir=str(tmp_path / "out"), max_steps=2, hr_size=32)
-    assert list(result["checkpoints"]) == ["teacher_x2", "student_x4"]
+    assert list(result["checkpoints"]) == ["teacher_x2", "student_x4", "decoder_x4"]
     assert all(Path(path).is_file() for path in result["checkpoints"].values())
     assert {"val/psnr", "val/ssim"} <= set(result["metrics"]["teacher_x2"])
     assert {"val/psnr", "val/psnr_4steps"} <= set(result["metrics"]["student_x4"])
+    assert {"val/psnr", "val/psnr_original_decoder"} <= set(result["metrics"]["decoder_x4"])
+    assert list(result["table"]) == ["bicubic", "1 step, original decoder", "1 step, fine-tuned decoder"]
+    assert (Path(result["model"]) / "model_index.json").is_file()
     from yonos.images import read_rgb
 
     lr, sr = read_rgb(result["lr_input"]), read_rgb(result["sr_output"])

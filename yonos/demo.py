@@ -1,8 +1,9 @@
 """``yonos demo``: the embedded default run, end to end on the CPU with tiny models and the sample photos.
 
-Prepares the sample images, runs the chain teacher x2 -> student x4 (resuming if a previous demo was
-interrupted), validates both stages, super-resolves one validation image at x4 with the student, and prints
-where everything is.
+Prepares the sample images; runs the chain teacher x2 -> student x4 -> decoder fine-tuning (resuming if a
+previous demo was interrupted); validates every stage; exports the fine-tuned model as a pipeline; upscales one
+validation image with ``yonos upscale``; prints a small table comparing bicubic, one step with the original
+decoder and one step with the fine-tuned decoder.
 """
 
 from __future__ import annotations
@@ -12,12 +13,21 @@ import sys
 from pathlib import Path
 from unittest import mock
 
+import torch
+
 from yonos.chain import run_chain
-from yonos.degradations import bicubic_downsample
+from yonos.data import SRDataModule, lr_key
+from yonos.degradations import bicubic_downsample, upsample_to
 from yonos.images import read_rgb, save_image_atomic
+from yonos.metrics import psnr_y, ssim_y
 from yonos.samples import prepare_samples
 
-TINY_CHAIN = ("experiments/tiny/teacher_x2.yaml", "experiments/tiny/distill_x2_to_x4.yaml")
+TINY_CHAIN = (
+    "experiments/tiny/teacher_x2.yaml",
+    "experiments/tiny/distill_x2_to_x4.yaml",
+    "experiments/tiny/decoder_finetune.yaml",
+)
+INPUT_KEYS = {"student": "teacher_ckpt", "decoder": "denoiser_ckpt"}
 
 
 def _cli(arguments: list[str]):
@@ -37,6 +47,34 @@ def _stage_overrides(stage_dir: Path, data_dir: Path) -> list[str]:
     ]
 
 
+def _validate_stages(finals: dict[str, Path], configs: tuple[str, ...], out: Path, data: Path, budget: list[str]) -> dict:
+    """Each stage's validation metrics on the same validation images."""
+    metrics: dict[str, dict[str, float]] = {}
+    names = list(finals)
+    for position, (name, config) in enumerate(zip(names, configs)):
+        arguments = ["validate", "-c", config, *_stage_overrides(out / name, data), *budget, f"--ckpt_path={finals[name]}"]
+        kind = name.split("_")[0]
+        if kind in INPUT_KEYS:
+            arguments.append(f"--model.init_args.{INPUT_KEYS[kind]}={finals[names[position - 1]]}")
+        if kind == "decoder":
+            arguments.append(f"--data.scales=[{name.rsplit('x', 1)[1]}]")
+        metrics[name] = {key: float(value) for key, value in _cli(arguments).trainer.callback_metrics.items()}
+    return metrics
+
+
+def bicubic_baseline(data: Path, scale: int, hr_size: int) -> dict[str, float]:
+    """PSNR-Y / SSIM-Y of bicubic upsampling on the validation crops the stages validate on."""
+    datamodule = SRDataModule(train_dir=None, val_dir=str(data / "val"), hr_size=hr_size, scales=[scale], num_workers=0)
+    datamodule.setup("validate")
+    psnr, ssim = [], []
+    for batch in datamodule.val_dataloader():
+        batch = datamodule.on_after_batch_transfer(batch, 0)
+        sr = upsample_to(batch[lr_key(scale)], tuple(batch["hr"].shape[-2:]))
+        psnr.append(psnr_y(sr, batch["hr"]))
+        ssim.append(ssim_y(sr, batch["hr"]))
+    return {"val/psnr": float(torch.cat(psnr).mean()), "val/ssim": float(torch.cat(ssim).mean())}
+
+
 def run_demo(
     configs: tuple[str, ...] = TINY_CHAIN,
     data_dir: str = "data/samples",
@@ -44,7 +82,10 @@ def run_demo(
     max_steps: int | None = None,
     hr_size: int | None = None,
 ) -> dict[str, object]:
-    """Run the demo; returns the paths written and each stage's validation metrics."""
+    """Run the demo; returns the paths written, each stage's validation metrics and the comparison table."""
+    from yonos.export import export_pipeline
+    from yonos.upscale import main as upscale
+
     samples = prepare_samples(data_dir)
     out, data = Path(out_dir), Path(data_dir)
     budget: list[str] = []
@@ -53,39 +94,34 @@ def run_demo(
     if hr_size is not None:
         budget.append(f"--data.hr_size={hr_size}")
 
-    # Train: teacher x2, then the x4 student distilled from it (finished stages are skipped on a rerun).
+    # Train: teacher x2, the x4 student distilled from it, then its decoder (finished stages are skipped).
     data_args = [f"--data.train_dir={data / 'train'}", f"--data.val_dir={data / 'val'}"]
     finals = run_chain(list(configs), out, extra=data_args + budget)
+    metrics = _validate_stages(finals, configs, out, data, budget)
 
-    # Validate every stage on the same validation images.
-    metrics: dict[str, dict[str, float]] = {}
-    for (name, checkpoint), config in zip(finals.items(), configs):
-        arguments = ["validate", "-c", config, *_stage_overrides(out / name, data), *budget, f"--ckpt_path={checkpoint}"]
-        if name.startswith("student"):
-            arguments.append(f"--model.init_args.teacher_ckpt={list(finals.values())[0]}")
-        trainer = _cli(arguments).trainer
-        metrics[name] = {key: float(value) for key, value in trainer.callback_metrics.items()}
-
-    # Super-resolve one validation image x4 with the student, from its bicubic x4 LR.
-    student, student_ckpt = list(finals.items())[-1]
+    # Export the fine-tuned model and upscale one validation image from its bicubic x4 LR.
+    model_dir = export_pipeline(list(finals.values())[-1], out / "model", overwrite=True)
     hr = read_rgb(samples["val"][0])
     height, width = (s - s % 4 for s in hr.shape[-2:])
-    lr = bicubic_downsample(hr[None, :, :height, :width], 4)[0]
-    lr_path = save_image_atomic(lr, out / "demo_input" / samples["val"][0].name)
-    predict_dir = out / student / "predict"  # SRImageWriter's default: <trainer.default_root_dir>/predict
-    (predict_dir / lr_path.name).unlink(missing_ok=True)  # the demo's own output from an earlier run
-    _cli(
-        [
-            "predict", "-c", configs[-1], *_stage_overrides(out / student, data), *budget, f"--data.predict_dir={lr_path.parent}",
-            f"--model.init_args.teacher_ckpt={list(finals.values())[-2]}", f"--ckpt_path={student_ckpt}",
-        ]
-    )
+    lr_path = save_image_atomic(bicubic_downsample(hr[None, :, :height, :width], 4)[0], out / "demo_input" / samples["val"][0].name)
+    upscaled_dir = out / "upscaled"
+    upscale([str(lr_path), "-o", str(upscaled_dir), "--model", str(model_dir), "--steps", "1", "--seed", "0", "--overwrite"])
+
+    # The comparison: bicubic, one step with the original decoder, one step with the fine-tuned decoder.
+    decoder = metrics[list(finals)[-1]]
+    table = {
+        "bicubic": bicubic_baseline(data, 4, hr_size or 128),
+        "1 step, original decoder": {k: decoder[f"{k}_original_decoder"] for k in ("val/psnr", "val/ssim")},
+        "1 step, fine-tuned decoder": {k: decoder[k] for k in ("val/psnr", "val/ssim")},
+    }
     return {
         "checkpoints": finals,
+        "model": model_dir,
         "lr_input": lr_path,
-        "sr_output": predict_dir / lr_path.name,
+        "sr_output": upscaled_dir / f"{lr_path.stem}.png",
         "tensorboard": out,
         "metrics": metrics,
+        "table": table,
     }
 
 
@@ -99,9 +135,10 @@ def main(argv: list[str] | None = None) -> None:
     print("\nYONOS-SR demo finished (tiny random-init models: the numbers check the pipeline, not the method).")
     for name, path in result["checkpoints"].items():
         print(f"  {name:<14} {path}")
+    print(f"  {'pipeline':<14} {result['model']}")
     print(f"  {'lr_input':<14} {result['lr_input']}")
-    print(f"  {'sr_output':<14} {result['sr_output']}  (x4, one DDIM step)")
+    print(f"  {'sr_output':<14} {result['sr_output']}  (x4, one DDIM step, yonos upscale)")
     print(f"  {'tensorboard':<14} tensorboard --logdir {result['tensorboard']}")
-    for stage, values in result["metrics"].items():
-        shown = ", ".join(f"{key} {value:.4f}" for key, value in sorted(values.items()))
-        print(f"  {stage:<14} {shown}")
+    print("\n  x4 on the validation crops      PSNR-Y    SSIM-Y")
+    for row, values in result["table"].items():
+        print(f"  {row:<30} {values['val/psnr']:>8.2f} {values['val/ssim']:>9.4f}")

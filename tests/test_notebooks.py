@@ -12,7 +12,7 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.i
 
 def test_notebooks_exist_and_are_numbered():
     names = [p.name for p in NOTEBOOKS]
-    assert {"01-degradations.ipynb", "02-teacher-student.ipynb"} <= set(names)
+    assert {"01-degradations.ipynb", "02-teacher-student.ipynb", "03-inference.ipynb"} <= set(names)
     assert all(name[:2].isdigit() and name[2] == "-" for name in names)
 
 

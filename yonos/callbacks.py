@@ -1,13 +1,20 @@
-"""Lightning callbacks configured from yaml: writing predicted SR images."""
+"""Lightning callbacks configured from yaml: writing predicted SR images, a global batch size that does not change
+with the number of devices, and a checkpoint on SIGTERM (preemption)."""
 
 from __future__ import annotations
 
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
+from yonos.data import data_parallel_layout
 from yonos.images import save_image_atomic
 
 
@@ -43,3 +50,105 @@ class SRImageWriter(BasePredictionWriter):
             if path.exists() and not self.overwrite:
                 continue
             self.written.append(save_image_atomic(image, path))
+
+
+def accumulation_steps(global_batch_size: int, data_parallel_size: int, batch_size: int) -> int:
+    """Gradient accumulation steps such that data_parallel_size x batch_size x steps = global_batch_size."""
+    per_step = data_parallel_size * batch_size
+    if global_batch_size < 1 or batch_size < 1 or global_batch_size % per_step:
+        fitting = [b for b in range(1, global_batch_size + 1) if global_batch_size % (data_parallel_size * b) == 0]
+        raise ValueError(
+            f"GlobalBatchSize.global_batch_size = {global_batch_size} is not a multiple of data.batch_size = {batch_size} "
+            f"x {data_parallel_size} data-parallel devices (trainer.num_nodes x trainer.devices); with this many devices "
+            f"data.batch_size must divide it: one of {fitting or 'none'}"
+        )
+    return global_batch_size // per_step
+
+
+class GlobalBatchSize(Callback):
+    """Keeps the number of samples per optimizer step fixed whatever the number of nodes and devices: at fit start,
+    ``trainer.accumulate_grad_batches = global_batch_size / (data-parallel devices x data.batch_size)``.
+
+    ``data.batch_size`` stays the per-device micro-batch (what fits in memory); the learning rate, ``max_steps`` and
+    the schedulers then mean the same thing on 1 GPU and on 64.
+    """
+
+    def __init__(self, global_batch_size: int) -> None:
+        super().__init__()
+        self.global_batch_size = global_batch_size
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != TrainerFn.FITTING:
+            return
+        batch_size = getattr(trainer.datamodule, "batch_size", None)
+        if batch_size is None:
+            raise ValueError("GlobalBatchSize needs a datamodule with a batch_size (data.batch_size)")
+        replicas, _ = data_parallel_layout(trainer)
+        steps = accumulation_steps(self.global_batch_size, replicas, batch_size)
+        if trainer.accumulate_grad_batches not in (1, steps):
+            raise ValueError(
+                f"trainer.accumulate_grad_batches = {trainer.accumulate_grad_batches} conflicts with GlobalBatchSize "
+                f"({self.global_batch_size} = {replicas} devices x data.batch_size {batch_size} x {steps}); remove one"
+            )
+        if steps > 1 and not pl_module.automatic_optimization:
+            raise ValueError(
+                f"GlobalBatchSize needs {steps} accumulation steps, which manual optimisation (model.gan_weight > 0) "
+                "does not support; raise data.batch_size or the number of devices"
+            )
+        trainer.accumulate_grad_batches = steps
+        rank_zero_info(
+            f"global batch {self.global_batch_size} = {replicas} devices x batch {batch_size} x accumulation {steps}"
+        )
+
+
+class PreemptionCheckpoint(Callback):
+    """On SIGTERM (SLURM preemption, ``scancel``, a Kubernetes eviction) saves ``last.ckpt`` at the next optimizer
+    step and stops, so that ``--ckpt_path last`` resumes from the signal rather than the last periodic checkpoint.
+
+    What Lightning 2.6 does on its own: its SIGTERM handler sets ``trainer.received_sigterm`` and raises
+    ``SIGTERMException`` at a batch boundary without saving (``ModelCheckpoint(save_on_exception=True)`` would save
+    on every error too), and under DDP the handler runs a ``broadcast`` inside the signal handler, which can collide
+    with an in-flight gradient all-reduce (seen on gloo: "Received data size doesn't match expected size"). So this
+    callback replaces that handler while training with one that only sets a flag; at each optimizer-step boundary
+    the ranks agree through one all-reduce, save together, and stop through Lightning's ``SIGTERMException`` (no
+    ``on_train_end``: the EMA callback does not copy its average into the weights being saved for resumption).
+    """
+
+    def __init__(self, dirpath: str | None = None) -> None:
+        super().__init__()
+        self.dirpath = dirpath
+        self._signalled = False
+        self._checked_step = -1
+
+    def checkpoint_path(self, trainer: pl.Trainer) -> Path:
+        """Where the SIGTERM checkpoint goes: the ``last.ckpt`` that ``--ckpt_path last`` finds."""
+        if self.dirpath:
+            return Path(self.dirpath) / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
+        for callback in trainer.checkpoint_callbacks:
+            if isinstance(callback, ModelCheckpoint) and callback.dirpath:
+                return Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
+        return Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+
+    def _on_sigterm(self, signum: int, frame: object) -> None:
+        self._signalled = True  # no collective, no I/O inside a signal handler
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning registers its handlers just before the fit loop starts; Trainer teardown restores the originals.
+        self._signalled, self._checked_step = False, -1
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.global_step == self._checked_step:
+            return  # still accumulating: wait for the optimizer step (the same batch on every rank)
+        self._checked_step = trainer.global_step
+        if not trainer.strategy.reduce_boolean_decision(self._signalled, all=False):  # any rank signalled
+            return
+        path = self.checkpoint_path(trainer)
+        if trainer.is_global_zero and path.is_symlink():
+            path.unlink()  # ModelCheckpoint(save_last="link"): do not write through the link into a step checkpoint
+        trainer.save_checkpoint(path)
+        rank_zero_info(f"SIGTERM: saved {path} at step {trainer.global_step}; resume with --ckpt_path last")
+        raise SIGTERMException

@@ -15,7 +15,8 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
+from torch.utils.data.distributed import DistributedSampler
 
 from yonos.degradations import RealESRGANConfig, apply_realesrgan, bicubic_downsample, sample_realesrgan_params
 from yonos.degradations.config import PresetName
@@ -32,6 +33,7 @@ class SRBatch(TypedDict, total=False):
     hr: Tensor  # (B, 3, H, W) float in [0, 1]
     index: Tensor  # (B,) long: position in the dataset; seeds the validation degradation of the sample
     name: list[str]  # file stems, for writing outputs
+    valid: Tensor  # (B,) bool, distributed evaluation only: False on the duplicates that pad the last round
     lr_x2: Tensor  # (B, 3, H/2, W/2) in [0, 1] on 8-bit levels
     lr_x4: Tensor  # (B, 3, H/4, W/4)
     lr_x8: Tensor  # (B, 3, H/8, W/8)
@@ -56,6 +58,21 @@ def pad_reflect_to(image: Tensor, size: int, mode: Literal["reflect", "symmetric
     top, left = (pad_h // unit // 2) * unit, (pad_w // unit // 2) * unit
     array = np.pad(image.numpy(), ((0, 0), (top, pad_h - top), (left, pad_w - left)), mode)
     return torch.from_numpy(array)
+
+
+def crop_hr(image: Tensor, hr_size: int, generator: torch.Generator | None) -> Tensor:
+    """An ``hr_size`` crop of (3, H, W), padded by reflection when smaller: position and horizontal flip drawn from
+    ``generator``, or the centre crop without one."""
+    image = pad_reflect_to(image, hr_size)  # (3, H, W)
+    height, width = image.shape[-2:]
+    if generator is not None:
+        top = int(torch.randint(0, height - hr_size + 1, (1,), generator=generator))
+        left = int(torch.randint(0, width - hr_size + 1, (1,), generator=generator))
+        flip = bool(torch.rand((), generator=generator) < 0.5)
+    else:
+        top, left, flip = (height - hr_size) // 2, (width - hr_size) // 2, False
+    crop = image[:, top : top + hr_size, left : left + hr_size]
+    return (crop.flip(-1) if flip else crop).contiguous()
 
 
 def _require_folder(path: str | None, key: str) -> Path:
@@ -119,19 +136,8 @@ class HRFolderDataset(Dataset):
 
     def __getitem__(self, index: int) -> SRBatch:
         index, image = self._read(index)
-        image = pad_reflect_to(image, self.hr_size)  # (3, H, W)
-        height, width = image.shape[-2:]
-        if self.train:
-            rng = self._rng()
-            top = int(torch.randint(0, height - self.hr_size + 1, (1,), generator=rng))
-            left = int(torch.randint(0, width - self.hr_size + 1, (1,), generator=rng))
-            flip = bool(torch.rand((), generator=rng) < 0.5)
-        else:
-            top, left, flip = (height - self.hr_size) // 2, (width - self.hr_size) // 2, False
-        crop = image[:, top : top + self.hr_size, left : left + self.hr_size]
-        if flip:
-            crop = crop.flip(-1)
-        return {"hr": crop.contiguous(), "index": torch.tensor(index), "name": self.paths[index].stem}
+        crop = crop_hr(image, self.hr_size, self._rng() if self.train else None)
+        return {"hr": crop, "index": torch.tensor(index), "name": self.paths[index].stem}
 
 
 class PairedFolderDataset(Dataset):
@@ -185,6 +191,39 @@ class LRFolderDataset(Dataset):
 
     def __getitem__(self, index: int) -> SRBatch:
         return {"lr": read_rgb(self.paths[index]), "name": self.paths[index].stem}
+
+
+def data_parallel_layout(trainer: pl.Trainer | None) -> tuple[int, int]:
+    """(number of data-parallel replicas, this process's replica): what Lightning gives its distributed samplers."""
+    kwargs = getattr(getattr(trainer, "strategy", None), "distributed_sampler_kwargs", None) or {}
+    return int(kwargs.get("num_replicas", 1)), int(kwargs.get("rank", 0))
+
+
+class PaddedEvaluationSampler(DistributedSampler):
+    """One rank's share of an evaluation set: Lightning's interleaved split with the same padding (every rank runs
+    the same number of batches, so a sharded model never waits on a rank that ran out), but each item says whether
+    it is a padding duplicate, so that metrics can leave it out (see :class:`FlaggedEvaluationSet`)."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+
+    def __iter__(self):
+        size = len(self.dataset)
+        return iter([(position % size, position < size) for position in range(self.rank, self.total_size, self.num_replicas)])
+
+
+class FlaggedEvaluationSet(Dataset):
+    """An evaluation set read through :class:`PaddedEvaluationSampler`: each sample gains ``valid``."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, bool]) -> SRBatch:
+        index, valid = item
+        return {**self.dataset[index], "valid": torch.tensor(valid)}
 
 
 def validation_seed(seed: int, index: int) -> int:
@@ -251,10 +290,11 @@ class SRDataModule(pl.LightningDataModule):
         num_workers: int = 4,
         seed: int = 0,
         train_repeat: int = 1,
+        train_shards: str | None = None,
     ) -> None:
         """
         Args:
-            train_dir: folder of HR training images (recursively); required for fit.
+            train_dir: folder of HR training images (recursively); required for fit unless train_shards is set.
             val_dir: HR-only folder (LR synthesised, seeded per sample) or paired folder with hr/ + lr/.
             predict_dir: folder of LR images to super-resolve with ``predict``.
             hr_size: training crop side in pixels; a multiple of 8 x every scale.
@@ -271,7 +311,9 @@ class SRDataModule(pl.LightningDataModule):
             batch_size: per-device training batch size.
             val_batch_size: per-device validation batch size (default: batch_size).
             seed: base seed; training rank r draws from seed + r, validation sample i from (seed, i).
-            train_repeat: how many times an epoch visits each training image (for small folders).
+            train_repeat: how many times an epoch visits each training image (for small folders; shards too).
+            train_shards: WebDataset-format tar shards of HR images (``yonos shard``): their folder, a brace
+                pattern (``DIR/shard-{000000..000009}.tar``) or one file; when set, train_dir is not read.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -285,6 +327,7 @@ class SRDataModule(pl.LightningDataModule):
             if size <= 0 or size % multiple:
                 raise ValueError(f"{key} = {size} must be a positive multiple of {multiple} (8 x lcm of data.scales {scales})")
         self.train_dir, self.val_dir, self.predict_dir = train_dir, val_dir, predict_dir
+        self.train_shards = train_shards
         self.hr_size, self.val_hr_size = hr_size, val_hr_size or hr_size
         self.scales, self.degradation, self.shared_degradation = scales, degradation, shared_degradation
         self.realesrgan_config = None
@@ -305,7 +348,11 @@ class SRDataModule(pl.LightningDataModule):
     # Datasets.
 
     def setup(self, stage: str) -> None:
-        if stage == "fit":
+        if stage == "fit" and self.train_shards:
+            from yonos.shards import ShardedHRDataset, resolve_shards  # shards.py imports this module
+
+            self.train_set = ShardedHRDataset(resolve_shards(self.train_shards), self.hr_size, self.seed)
+        elif stage == "fit":
             train_set = HRFolderDataset(self.train_dir, self.hr_size, train=True, key="data.train_dir")
             self.train_set = ConcatDataset([train_set] * self.train_repeat) if self.train_repeat > 1 else train_set
         if stage in ("validate", "test") or (stage == "fit" and self.val_dir):
@@ -319,11 +366,12 @@ class SRDataModule(pl.LightningDataModule):
             return PairedFolderDataset(folder, self.scales[-1], self.val_hr_size, key="data.val_dir")
         return HRFolderDataset(folder, self.val_hr_size, train=False, key="data.val_dir")
 
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, sampler: Sampler | None = None) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
             drop_last=shuffle and len(dataset) >= batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
@@ -331,11 +379,31 @@ class SRDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, shuffle=True)
+        if not self.train_shards:
+            return self._loader(self.train_set, self.batch_size, shuffle=True)
+        from yonos.shards import ShardSampler
+
+        replicas, rank = data_parallel_layout(self.trainer)
+        sampler = ShardSampler(
+            self.train_set.shard_sizes, replicas, rank, self.seed, self.batch_size, self.train_repeat, self._resume_position()
+        )
+        return self._loader(self.train_set, self.batch_size, shuffle=True, sampler=sampler)
+
+    def _resume_position(self) -> tuple[int, int] | None:
+        """(epoch, batches done in it) of the checkpoint a run resumes from, as restored into Lightning's loop."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or not trainer.fit_loop.restarting:
+            return None
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return (trainer.current_epoch, done) if done > 0 else None
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_set is None:
             return []  # no data.val_dir: training without validation
+        replicas, rank = data_parallel_layout(getattr(self, "trainer", None))
+        if replicas > 1:  # each sample scored once whatever the world size
+            sampler = PaddedEvaluationSampler(self.val_set, replicas, rank)
+            return self._loader(FlaggedEvaluationSet(self.val_set), self.val_batch_size, shuffle=False, sampler=sampler)
         return self._loader(self.val_set, self.val_batch_size, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:

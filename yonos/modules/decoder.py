@@ -21,7 +21,9 @@ from yonos.inference import per_sample_noise
 from yonos.losses import adaptive_gan_weight, hinge_discriminator_loss, hinge_generator_loss
 from yonos.metrics import LPIPSNet, build_lpips, lpips_distance
 from yonos.models import PatchDiscriminator, scheduler_source
-from yonos.modules.common import MODEL_CARD_KEY, TrainingStream, configure_optimizer, load_stage_checkpoint, model_card
+from yonos.modules.common import (
+    MODEL_CARD_KEY, TrainingStream, configure_optimizer, load_stage_checkpoint, model_card, shard_trainable, shared,
+)
 from yonos.modules.evaluation import LPIPSChoice, SRMetrics, log_image_grid
 from yonos.modules.teacher import check_scales_available
 
@@ -40,6 +42,7 @@ class DecoderFinetuneModule(pl.LightningModule):
         gan_weight: float = 0.0,
         gan_start_step: int = 0,
         val_lpips_net: LPIPSChoice = "alex",
+        gradient_checkpointing: bool = False,
         log_images: int = 4,
         seed: int = 0,
         optimizer: OptimizerCallable | None = None,
@@ -58,6 +61,7 @@ class DecoderFinetuneModule(pl.LightningModule):
                 With the GAN on, the module optimises manually (decoder, then discriminator, each step).
             gan_start_step: training batch from which the GAN terms are used.
             val_lpips_net: LPIPS backbone of validation, or none.
+            gradient_checkpointing: trade compute for VAE decoder activation memory.
             log_images: rows of (LR | SR | HR) logged per validation epoch.
             seed: seed of the sampler noise stream (seed + rank) and of validation noise.
             optimizer: optimizer factory over the decoder parameters (default AdamW, lr 1e-4, wd 1e-2).
@@ -75,8 +79,8 @@ class DecoderFinetuneModule(pl.LightningModule):
         self.model_card = model_card(
             source.backbone, source.scale, source.prediction_type, source.rescale_betas_zero_snr, source.loss_weighting
         )
-        self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
-        self.discriminator_optimizer_factory = discriminator_optimizer
+        self.optimizer_factory, self.lr_scheduler_factory = shared(optimizer), shared(lr_scheduler)  # see SharedFactory
+        self.discriminator_optimizer_factory = shared(discriminator_optimizer)
 
         self.denoiser = source.denoiser.eval().requires_grad_(False)
         self.codec = source.codec.eval().requires_grad_(False)
@@ -84,6 +88,8 @@ class DecoderFinetuneModule(pl.LightningModule):
             parameter.requires_grad_(True)
         # The decoder as it was, for validation side by side (not saved: rebuilt from denoiser_ckpt).
         self.original_codec = copy.deepcopy(source.codec).eval().requires_grad_(False)
+        if gradient_checkpointing:
+            self.codec.vae.enable_gradient_checkpointing()  # the encoder runs without gradients: only the decoder
         self.scheduler = make_scheduler(
             scheduler_source(source.backbone), source.prediction_type, source.rescale_betas_zero_snr
         )
@@ -100,6 +106,12 @@ class DecoderFinetuneModule(pl.LightningModule):
         self.original_codec.eval()
         self.codec.eval()  # no dropout or batch norm in the SD VAE: eval mode changes nothing for training
         return self
+
+    def configure_model(self) -> None:
+        if self.device_mesh is not None and self.discriminator is not None:
+            raise ValueError("model.gan_weight > 0 is not supported with FSDP (experiments/cluster/fsdp.yml); use ddp.yml")
+        vae = self.codec.vae
+        shard_trainable(self, [m for m in (vae.decoder, vae.post_quant_conv) if m is not None])  # FSDP only
 
     def setup(self, stage: str) -> None:
         if stage != "predict":
@@ -189,8 +201,8 @@ class DecoderFinetuneModule(pl.LightningModule):
         latent = self.sample_latents(lr, tuple(hr.shape[-2:]), noise=per_sample_noise(shape, seeds, hr.device))
         with torch.no_grad():
             sr, sr_original = self.codec.decode(latent), self.original_codec.decode(latent)
-        self.val_metrics.update(sr, hr)
-        self.val_metrics_original.update(sr_original, hr)
+        self.val_metrics.update(sr, hr, batch.get("valid"))
+        self.val_metrics_original.update(sr_original, hr, batch.get("valid"))
         self.log_dict(self.val_metrics.metrics(prefix), batch_size=hr.shape[0], sync_dist=True)
         self.log_dict(self.val_metrics_original.metrics(prefix, "_original_decoder"), batch_size=hr.shape[0], sync_dist=True)
         if batch_idx == 0 and self.global_rank == 0:

@@ -20,7 +20,9 @@ from yonos.diffusion import LossWeighting, add_noise, make_scheduler, sample_tim
 from yonos.inference import sample_with_seeds
 from yonos.losses import distillation_loss
 from yonos.models import scheduler_source
-from yonos.modules.common import MODEL_CARD_KEY, TrainingStream, configure_optimizer, load_stage_checkpoint, model_card
+from yonos.modules.common import (
+    MODEL_CARD_KEY, TrainingStream, configure_optimizer, load_stage_checkpoint, model_card, shard_trainable, shared,
+)
 from yonos.modules.evaluation import LPIPSChoice, SRValidation
 from yonos.modules.teacher import check_scales_available
 
@@ -87,7 +89,7 @@ class ScaleDistillModule(pl.LightningModule):
         self.model_card = model_card(
             source.backbone, student_scale, source.prediction_type, source.rescale_betas_zero_snr, self.loss_weighting
         )
-        self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
+        self.optimizer_factory, self.lr_scheduler_factory = shared(optimizer), shared(lr_scheduler)  # see SharedFactory
 
         self.teacher = source.denoiser.eval().requires_grad_(False)
         self.student = copy.deepcopy(source.denoiser).train().requires_grad_(True)
@@ -106,6 +108,9 @@ class ScaleDistillModule(pl.LightningModule):
         self.teacher.eval()
         self.codec.eval()
         return self
+
+    def configure_model(self) -> None:
+        shard_trainable(self, [self.student.unet])  # FSDP only; the frozen teacher stays whole on every rank
 
     def setup(self, stage: str) -> None:
         if stage != "predict":

@@ -42,14 +42,16 @@ class SRMetrics(nn.Module):
             self._lpips_model.append(build_lpips(self.lpips_net, random_backbone=self.random_lpips_backbone))
 
     @torch.no_grad()
-    def update(self, sr: Tensor, hr: Tensor) -> None:
+    def update(self, sr: Tensor, hr: Tensor, valid: Tensor | None = None) -> None:
+        """``valid`` (B,) bool: False leaves the sample out (the padding duplicates of distributed evaluation)."""
         sr, hr = sr.float(), hr.float()
-        self.psnr.update(psnr_y(sr, hr, self.crop_border))
-        self.ssim.update(ssim_y(sr, hr, self.crop_border))
+        weight = 1.0 if valid is None else valid.to(sr.device, torch.float32)
+        self.psnr.update(psnr_y(sr, hr, self.crop_border), weight)
+        self.ssim.update(ssim_y(sr, hr, self.crop_border), weight)
         if self.lpips_net != "none":
             self.prepare()
             model = self._lpips_model[0].to(sr.device)
-            self.lpips.update(lpips_distance(model, sr, hr))
+            self.lpips.update(lpips_distance(model, sr, hr), weight)
 
     def metrics(self, prefix: str, suffix: str = "") -> dict[str, MeanMetric]:
         """The metric objects to pass to ``LightningModule.log_dict`` (computed and reset at epoch end)."""
@@ -95,7 +97,7 @@ class SRValidation(nn.Module):
         for position, num_steps in enumerate(self.steps):
             sr = sample(lr, seeds, num_steps)
             metrics = self.per_steps[str(num_steps)]
-            metrics.update(sr, hr)
+            metrics.update(sr, hr, batch.get("valid"))
             suffix = "" if position == 0 else f"_{num_steps}steps"
             module.log_dict(metrics.metrics(prefix, suffix), batch_size=hr.shape[0], sync_dist=True)
             if position == 0 and batch_idx == 0 and module.global_rank == 0:

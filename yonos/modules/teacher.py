@@ -20,7 +20,7 @@ from yonos.diffusion import LossWeighting, PredictionType, make_scheduler, sampl
 from yonos.inference import sample_with_seeds
 from yonos.losses import denoising_loss
 from yonos.models import BackboneConfig, build_codec, build_denoiser, scheduler_source
-from yonos.modules.common import MODEL_CARD_KEY, TrainingStream, configure_optimizer, model_card
+from yonos.modules.common import MODEL_CARD_KEY, TrainingStream, configure_optimizer, model_card, shard_trainable, shared
 from yonos.modules.evaluation import LPIPSChoice, SRValidation
 
 
@@ -81,7 +81,7 @@ class TeacherModule(pl.LightningModule):
             raise ValueError(f"model.scale must be >= 1, got {scale}")
         self.scale, self.prediction_type, self.loss_weighting = scale, prediction_type, loss_weighting
         self.model_card = model_card(backbone, scale, prediction_type, rescale_betas_zero_snr, loss_weighting)
-        self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
+        self.optimizer_factory, self.lr_scheduler_factory = shared(optimizer), shared(lr_scheduler)  # see SharedFactory
 
         self.denoiser = build_denoiser(backbone)
         if gradient_checkpointing:
@@ -96,6 +96,9 @@ class TeacherModule(pl.LightningModule):
         super().train(mode)
         self.codec.eval()  # frozen parts stay in eval mode whatever Lightning asks of the module
         return self
+
+    def configure_model(self) -> None:
+        shard_trainable(self, [self.denoiser.unet])  # FSDP only; a no-op elsewhere
 
     def setup(self, stage: str) -> None:
         if stage != "predict":

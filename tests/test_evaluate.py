@@ -4,7 +4,6 @@ FID folder against folder, and the offline behaviour of missing metric weights. 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import shutil
 import sys
@@ -296,13 +295,6 @@ def test_cli_runs_end_to_end_and_prints_the_table(base_run, capsys):
     assert json.loads((Path(config.out) / "summary.json").read_text())["settings"]["ssim_convention"] == "pyiqa"
 
 
-@pytest.mark.skipif(importlib.util.find_spec("yonos.colorfix") is not None, reason="yonos/colorfix.py exists")
-def test_colour_fix_of_checkpoints_needs_the_colorfix_module(teacher_ckpt: Path, hr_folder: Path, tmp_path: Path):
-    with pytest.raises(ValueError, match="colorfix"):
-        evaluate(_config(teacher_ckpt, hr_folder, tmp_path / "o", color_fix="adain"))
-
-
-@pytest.mark.skipif(importlib.util.find_spec("yonos.colorfix") is None, reason="yonos/colorfix.py is not in this tree")
 def test_colour_fix_of_checkpoints_is_applied_and_reported(base_run, tmp_path: Path):
     config, plain, _ = base_run
     fixed = evaluate(_config(Path(config.models[0]), Path(config.data), tmp_path / "wavelet", color_fix="wavelet"))
@@ -311,7 +303,6 @@ def test_colour_fix_of_checkpoints_is_applied_and_reported(base_run, tmp_path: P
     assert not torch.equal(read_rgb(Path(plain["runs"][0]["sr_dir"]) / image), read_rgb(Path(fixed["runs"][0]["sr_dir"]) / image))
 
 
-@pytest.mark.skipif(importlib.util.find_spec("yonos.pipeline") is None, reason="yonos/pipeline.py is not in this tree yet")
 def test_pipeline_folder_gives_the_checkpoints_images(base_run, tmp_path: Path):
     from yonos.diffusion import make_scheduler
     from yonos.models import scheduler_source

@@ -5,7 +5,6 @@ as one function (LR, scale, seed, steps) -> SR. Test sets, metrics and reports l
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from yonos.colorfix import apply_color_fix
 from yonos.degradations import upsample_to
 from yonos.diffusion import make_scheduler
 from yonos.inference import sample_with_seeds
@@ -54,22 +54,10 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def colorfix_available() -> bool:
-    """Whether this tree has ``yonos/colorfix.py`` (the pipeline's AdaIN / wavelet colour correction)."""
-    return importlib.util.find_spec("yonos.colorfix") is not None
-
-
 def _color_fixer(color_fix: ColorFix) -> Callable[[Tensor, Tensor], Tensor]:
     """(SR, LR) -> SR colour-corrected against the bicubic-upsampled LR, as the pipeline does (yonos.colorfix)."""
     if color_fix == "none":
         return lambda sr, lr: sr
-    if not colorfix_available():
-        raise ValueError(
-            f"--color-fix {color_fix}: colour correction of stage checkpoints needs yonos/colorfix.py, which this tree "
-            "lacks; evaluate an exported pipeline folder or use --color-fix none"
-        )
-    from yonos.colorfix import apply_color_fix
-
     return lambda sr, lr: apply_color_fix(sr, upsample_to(lr, tuple(sr.shape[-2:])), color_fix)
 
 
@@ -104,10 +92,8 @@ def _pipeline_scale(pipe: Any) -> int | None:
 
 def load_pipeline_model(path: Path, label: str, device: torch.device, color_fix: ColorFix = "none") -> SRModel:
     """An exported pipeline folder (model_index.json) through ``yonos.pipeline.YonosSRPipeline``."""
-    try:
-        from yonos.pipeline import YonosSRPipeline
-    except ImportError as err:
-        raise ImportError(f"--model {path}: pipeline folders need yonos.pipeline.YonosSRPipeline ({err})") from err
+    from yonos.pipeline import YonosSRPipeline
+
     pipe = YonosSRPipeline.from_pretrained(str(path)).to(device)
     info: dict[str, Any] = {"color_fix": color_fix}
 

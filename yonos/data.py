@@ -18,7 +18,8 @@ from torch import Tensor
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
-from yonos.degradations import RealESRGANConfig, apply_realesrgan, bicubic_downsample, sample_realesrgan_params
+from yonos.degradations import RealESRGANConfig
+from yonos.degradations.batch import degrade_bicubic, degrade_realesrgan
 from yonos.degradations.config import PresetName
 from yonos.images import list_images, read_rgb
 
@@ -234,40 +235,6 @@ def validation_seed(seed: int, index: int) -> int:
 def validation_generator(seed: int, index: int, device: torch.device) -> torch.Generator:
     """The generator of one validation sample (see :func:`validation_seed`)."""
     return torch.Generator(device=device).manual_seed(validation_seed(seed, index))
-
-
-def degrade_bicubic(hr: Tensor, scales: list[int]) -> dict[int, Tensor]:
-    """Bicubic LR images of a batch for each scale (deterministic)."""
-    return {scale: bicubic_downsample(hr, scale) for scale in scales}
-
-
-def degrade_realesrgan(
-    hr: Tensor, scales: list[int], config: RealESRGANConfig, generators: list[torch.Generator], shared: bool
-) -> dict[int, Tensor]:
-    """Real-ESRGAN LR images for each scale.
-
-    One generator draws for the whole batch (training). With one generator per sample (evaluation) each sample
-    is drawn AND degraded on its own: JPEG rounding turns the last-bit differences of batched kernels into
-    whole quantisation steps, so only a per-sample pass makes its LR independent of the batch it is in.
-    ``shared``: all scales come from one draw and differ only in the final resize; otherwise each scale draws anew.
-    """
-    if len(generators) == 1:
-        return _degrade_realesrgan_batch(hr, scales, config, generators[0], shared)
-    if len(generators) != hr.shape[0]:
-        raise ValueError(f"{len(generators)} generators for a batch of {hr.shape[0]}")
-    samples = [_degrade_realesrgan_batch(hr[i : i + 1], scales, config, g, shared) for i, g in enumerate(generators)]
-    return {scale: torch.cat([sample[scale] for sample in samples]) for scale in scales}
-
-
-def _degrade_realesrgan_batch(
-    hr: Tensor, scales: list[int], config: RealESRGANConfig, generator: torch.Generator, shared: bool
-) -> dict[int, Tensor]:
-    if shared:
-        return apply_realesrgan(hr, sample_realesrgan_params(config, hr.shape[0], generator, hr.device), scales)
-    return {
-        scale: apply_realesrgan(hr, sample_realesrgan_params(config, hr.shape[0], generator, hr.device), [scale])[scale]
-        for scale in scales
-    }
 
 
 class SRDataModule(pl.LightningDataModule):

@@ -17,7 +17,8 @@ from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
-from yonos.data import PairedFolderDataset, degrade_bicubic, degrade_realesrgan, validation_generator
+from yonos.data import PairedFolderDataset, validation_generator
+from yonos.degradations.batch import degrade_bicubic, degrade_realesrgan
 from yonos.degradations import RealESRGANConfig
 from yonos.degradations.config import PresetName
 from yonos.images import list_images, read_rgb, save_image_atomic

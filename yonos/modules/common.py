@@ -140,6 +140,26 @@ def _sub_state(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
     return {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
 
 
+MODEL_STATE_KEYS = ("state_dict", "current_model_state")
+"""Where a checkpoint holds module weights: Lightning's ``state_dict`` and, with EMA, the callback's live weights."""
+
+
+def drop_submodule_state(checkpoint: dict[str, Any], prefix: str) -> None:
+    """Leave a frozen submodule (``prefix`` e.g. ``"teacher."``) out of the checkpoint's weights."""
+    for key in MODEL_STATE_KEYS:
+        if key in checkpoint:
+            checkpoint[key] = {k: v for k, v in checkpoint[key].items() if not k.startswith(prefix)}
+
+
+def restore_submodule_state(checkpoint: dict[str, Any], prefix: str, module: nn.Module) -> None:
+    """Put a frozen submodule left out by :func:`drop_submodule_state` back, from the module as rebuilt at init, so
+    that Lightning's strict loading finds every key."""
+    state = {f"{prefix}{k}": v for k, v in module.state_dict().items()}
+    for key in MODEL_STATE_KEYS:
+        if key in checkpoint:
+            checkpoint[key].update(state)
+
+
 MODEL_CARD_KEY = "yonos_model"
 """Checkpoint key of the model card: what a later stage needs to rebuild the SR model from the file alone."""
 

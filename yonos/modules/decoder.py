@@ -22,7 +22,15 @@ from yonos.losses import adaptive_gan_weight, hinge_discriminator_loss, hinge_ge
 from yonos.metrics import LPIPSNet, build_lpips, lpips_distance
 from yonos.models import PatchDiscriminator, scheduler_source
 from yonos.modules.common import (
-    MODEL_CARD_KEY, TrainingStream, configure_optimizer, load_stage_checkpoint, model_card, shard_trainable, shared,
+    MODEL_CARD_KEY,
+    TrainingStream,
+    configure_optimizer,
+    drop_submodule_state,
+    load_stage_checkpoint,
+    model_card,
+    restore_submodule_state,
+    shard_trainable,
+    shared,
 )
 from yonos.modules.evaluation import LPIPSChoice, SRMetrics, log_image_grid
 from yonos.modules.teacher import check_scales_available
@@ -219,13 +227,8 @@ class DecoderFinetuneModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.stream.save(checkpoint)
         checkpoint[MODEL_CARD_KEY] = self.model_card
-        for key in ("state_dict", "current_model_state"):
-            if key in checkpoint:
-                checkpoint[key] = {k: v for k, v in checkpoint[key].items() if not k.startswith("original_codec.")}
+        drop_submodule_state(checkpoint, "original_codec.")
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.stream.load(checkpoint)
-        original = {f"original_codec.{k}": v for k, v in self.original_codec.state_dict().items()}
-        for key in ("state_dict", "current_model_state"):
-            if key in checkpoint:
-                checkpoint[key].update(original)
+        restore_submodule_state(checkpoint, "original_codec.", self.original_codec)

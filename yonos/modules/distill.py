@@ -21,7 +21,15 @@ from yonos.inference import sample_with_seeds
 from yonos.losses import distillation_loss
 from yonos.models import scheduler_source
 from yonos.modules.common import (
-    MODEL_CARD_KEY, TrainingStream, configure_optimizer, load_stage_checkpoint, model_card, shard_trainable, shared,
+    MODEL_CARD_KEY,
+    TrainingStream,
+    configure_optimizer,
+    drop_submodule_state,
+    load_stage_checkpoint,
+    model_card,
+    restore_submodule_state,
+    shard_trainable,
+    shared,
 )
 from yonos.modules.evaluation import LPIPSChoice, SRValidation
 from yonos.modules.teacher import check_scales_available
@@ -167,13 +175,8 @@ class ScaleDistillModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.stream.save(checkpoint)
         checkpoint[MODEL_CARD_KEY] = self.model_card
-        for key in ("state_dict", "current_model_state"):
-            if key in checkpoint:
-                checkpoint[key] = {k: v for k, v in checkpoint[key].items() if not k.startswith("teacher.")}
+        drop_submodule_state(checkpoint, "teacher.")
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.stream.load(checkpoint)
-        teacher_state = {f"teacher.{k}": v for k, v in self.teacher.state_dict().items()}
-        for key in ("state_dict", "current_model_state"):
-            if key in checkpoint:
-                checkpoint[key].update(teacher_state)
+        restore_submodule_state(checkpoint, "teacher.", self.teacher)

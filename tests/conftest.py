@@ -10,6 +10,8 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("YONOS_OFFLINE", "1")
 
+import sys  # noqa: E402
+import types  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -77,3 +79,23 @@ def teacher_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = root / "teacher.ckpt"
     trainer.save_checkpoint(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def import_basicsr():
+    """``import_basicsr("basicsr.utils")``: a BasicSR 1.4.2 module, or a skip when BasicSR is not installed.
+
+    BasicSR 1.4.2 imports ``torchvision.transforms.functional_tensor``, which newer torchvision removed; a test-only
+    stand-in exposing ``rgb_to_grayscale`` is registered first.
+    """
+
+    def load(module: str):
+        if "torchvision.transforms.functional_tensor" not in sys.modules:
+            from torchvision.transforms import functional
+
+            shim = types.ModuleType("torchvision.transforms.functional_tensor")
+            shim.rgb_to_grayscale = functional.rgb_to_grayscale
+            sys.modules["torchvision.transforms.functional_tensor"] = shim
+        return pytest.importorskip(module)
+
+    return load

@@ -4,8 +4,6 @@ and the statistics of the sampled kernel parameters."""
 from __future__ import annotations
 
 import math
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -139,20 +137,8 @@ def test_mixed_kernels_equal_per_type_kernels_padded_to_21():
     assert torch.equal(pad_kernel(torch.ones(1, 7, 7))[0, 7:14, 7:14], torch.ones(7, 7))
 
 
-def _import_basicsr_degradations():
-    """BasicSR 1.4.2 imports a torchvision module that newer torchvision removed; register a stand-in first."""
-    pytest.importorskip("torchvision")
-    if "torchvision.transforms.functional_tensor" not in sys.modules:
-        from torchvision.transforms import functional
-
-        shim = types.ModuleType("torchvision.transforms.functional_tensor")
-        shim.rgb_to_grayscale = functional.rgb_to_grayscale
-        sys.modules["torchvision.transforms.functional_tensor"] = shim
-    return pytest.importorskip("basicsr.data.degradations")
-
-
-def test_kernels_match_basicsr_functions():
-    basicsr = _import_basicsr_degradations()
+def test_kernels_match_basicsr_functions(import_basicsr):
+    basicsr = import_basicsr("basicsr.data.degradations")
     for size, sx, sy, theta, beta in CASES:
         sigma_x, sigma_y, rotation, b = t64(sx, sy, theta, beta)
         pairs = [

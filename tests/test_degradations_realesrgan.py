@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import sys
-import types
 from dataclasses import replace
 
 import pytest
@@ -140,27 +138,15 @@ def test_poisson_noise_grows_with_intensity_and_vanishes_at_scale_zero():
     assert torch.equal(add_poisson_noise(img, torch.tensor([0.0]), torch.tensor([False]), [gen(3)]), img.clamp(0, 1))
 
 
-def _import_basicsr_utils():
-    """BasicSR 1.4.2 imports a torchvision module that newer torchvision removed; register a stand-in first."""
-    pytest.importorskip("torchvision")
-    if "torchvision.transforms.functional_tensor" not in sys.modules:
-        from torchvision.transforms import functional
-
-        shim = types.ModuleType("torchvision.transforms.functional_tensor")
-        shim.rgb_to_grayscale = functional.rgb_to_grayscale
-        sys.modules["torchvision.transforms.functional_tensor"] = shim
-    return pytest.importorskip("basicsr.utils")
-
-
-def test_usm_matches_basicsr():
+def test_usm_matches_basicsr(import_basicsr):
     hr = image(2, 64)
-    expected = _import_basicsr_utils().USMSharp()(hr)
+    expected = import_basicsr("basicsr.utils").USMSharp()(hr)
     torch.testing.assert_close(usm_sharpen(hr), expected, atol=2e-5, rtol=0)
 
 
-def test_jpeg_loses_as_much_as_basicsr_diffjpeg():
+def test_jpeg_loses_as_much_as_basicsr_diffjpeg(import_basicsr):
     """kornia's codec and BasicSR's DiffJPEG differ in chroma resampling and table rounding, not in strength."""
-    hr, codec = image(2, 64), _import_basicsr_utils().DiffJPEG(differentiable=False)
+    hr, codec = image(2, 64), import_basicsr("basicsr.utils").DiffJPEG(differentiable=False)
     for q in (30.0, 60.0):
         quality = torch.full((2,), q)
         assert abs(psnr(jpeg(hr, quality), hr) - psnr(codec(hr, quality=quality.clone()), hr)) < 2

@@ -7,8 +7,6 @@ compare against BasicSR 1.4.2 and pyiqa themselves when they are installed (skip
 
 from __future__ import annotations
 
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -110,16 +108,9 @@ def test_ssim_is_symmetric_and_one_on_identity():
 
 
 @pytest.fixture(scope="module")
-def basicsr_metrics():
-    """BasicSR 1.4.2's metric functions; it imports a module torchvision removed, registered here (test-only shim)."""
-    import torchvision.transforms.functional as tv_functional
-
-    shim = types.ModuleType("torchvision.transforms.functional_tensor")
-    shim.rgb_to_grayscale = tv_functional.rgb_to_grayscale
-    with pytest.MonkeyPatch.context() as patch:  # registered for the import only
-        if "torchvision.transforms.functional_tensor" not in sys.modules:
-            patch.setitem(sys.modules, "torchvision.transforms.functional_tensor", shim)
-        return pytest.importorskip("basicsr.metrics.psnr_ssim")
+def basicsr_metrics(import_basicsr):
+    """BasicSR 1.4.2's metric functions (skipped when BasicSR is not installed)."""
+    return import_basicsr("basicsr.metrics.psnr_ssim")
 
 
 @pytest.mark.parametrize("name,kind,crop", _cases()[::3])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -117,22 +116,18 @@ def test_model_index_points_at_importable_classes(saved: Path):
     for name in ("unet", "vae", "scheduler", "prompt_embedding"):
         library, class_name = index[name]
         assert hasattr(importlib.import_module(library), class_name), (name, library, class_name)
-    loader_module, class_name = index["_class_name"]
-    assert (saved / f"{loader_module}.py").is_file() and class_name == "YonosSRPipeline"
+    assert index["_class_name"] == "YonosSRPipeline"
+    assert not list(saved.glob("*.py")), "the folder must hold no code to run"
 
 
-def test_plain_diffusion_pipeline_loads_the_folder(
-    pipe: YonosSRPipeline, saved: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-):
-    from diffusers.utils import dynamic_modules_utils
+def test_plain_diffusion_pipeline_loads_the_folder_without_remote_code(pipe: YonosSRPipeline, saved: Path):
+    import diffusers
 
-    monkeypatch.setattr(dynamic_modules_utils, "HF_MODULES_CACHE", str(tmp_path))  # diffusers copies the shim here
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    # diffusers 0.42 runs no code named by a folder without consent; the message says how to give it.
-    with pytest.raises(ValueError, match="trust_remote_code=True"):
-        DiffusionPipeline.from_pretrained(saved)
+    import yonos
 
-    loaded = DiffusionPipeline.from_pretrained(saved, trust_remote_code=True)
+    assert diffusers.YonosSRPipeline is YonosSRPipeline is yonos.YonosSRPipeline  # registered on import
+
+    loaded = DiffusionPipeline.from_pretrained(saved)  # no trust_remote_code, no custom_pipeline
 
     assert type(loaded) is YonosSRPipeline
     lr = lr_batch()

@@ -7,11 +7,10 @@ yonos.tiling and yonos.colorfix. File handling (alpha, bit depth, metadata) is `
 from __future__ import annotations
 
 import itertools
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
+import diffusers
 import numpy as np
 import PIL.Image
 import torch
@@ -36,14 +35,6 @@ DEFAULT_TILE_SIZE = 512
 """Output pixels per tile side: SD's training resolution (64 x 64 latents), the size the UNet has seen in training."""
 DEFAULT_TILE_OVERLAP = 128
 """A quarter of a tile (16 latent pixels), StableSR's ratio: room for a smooth Gaussian hand-over between tiles."""
-
-LOADER_MODULE = "yonos_pipeline"
-LOADER_SOURCE = (
-    '"""Written by `yonos export`: lets diffusers.DiffusionPipeline.from_pretrained(this_folder, '
-    'trust_remote_code=True)\nfind the installed yonos pipeline class. It only imports yonos."""\n\n'
-    "from yonos.pipeline import YonosSRPipeline  # noqa: F401\n"
-)
-
 
 class NonFiniteOutputError(ValueError):
     """The network produced NaN or inf (typically fp16 overflow); nothing should be written."""
@@ -118,33 +109,6 @@ class YonosSRPipeline(DiffusionPipeline):
     def size_multiple(self) -> int:
         """Output sizes are padded to this: the VAE factor times the UNet's total downsampling."""
         return self.codec.downsample_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
-
-    # Saving and loading.
-
-    def save_pretrained(self, save_directory: str | Path, safe_serialization: bool = True, **kwargs: Any) -> None:
-        """diffusers' folder layout in safetensors, plus a loader shim for plain ``DiffusionPipeline``.
-
-        diffusers (0.42) resolves a pipeline class that is not its own only from code shipped in the folder, run
-        with ``trust_remote_code=True``; the shim ``yonos_pipeline.py`` just imports the installed yonos class.
-        """
-        if kwargs.get("push_to_hub"):
-            raise ValueError("save the folder locally first, then upload it (the loader shim is added after saving)")
-        super().save_pretrained(save_directory, safe_serialization=safe_serialization, **kwargs)
-        root = Path(save_directory)
-        (root / f"{LOADER_MODULE}.py").write_text(LOADER_SOURCE)
-        index_path = root / "model_index.json"
-        index = json.loads(index_path.read_text())
-        index["_class_name"] = [LOADER_MODULE, type(self).__name__]
-        index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-
-    @classmethod
-    def load_config(cls, *args: Any, **kwargs: Any) -> Any:
-        """diffusers' ``load_config``; loading through this class itself needs no loader shim (nor remote code)."""
-        loaded = super().load_config(*args, **kwargs)
-        config = loaded[0] if isinstance(loaded, tuple) else loaded
-        if isinstance(config.get("_class_name"), (list, tuple)) and config["_class_name"][-1] == cls.__name__:
-            config["_class_name"] = cls.__name__
-        return loaded
 
     # Inference.
 
@@ -331,3 +295,13 @@ def _to_output(images: list[Tensor], output_type: OutputType) -> Any:
 
 def _to_uint8(image: Tensor) -> np.ndarray:
     return image.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
+def _register_with_diffusers() -> None:
+    """Make ``diffusers.YonosSRPipeline`` resolve: plain ``DiffusionPipeline.from_pretrained(DIR)`` looks the class
+    that ``model_index.json`` names (``_class_name``) up in the diffusers namespace, so importing this module is all
+    it needs (no ``trust_remote_code``, no code in the model folder)."""
+    setattr(diffusers, YonosSRPipeline.__name__, YonosSRPipeline)
+
+
+_register_with_diffusers()

@@ -200,10 +200,12 @@ class YonosSRPipeline(DiffusionPipeline):
         latent_tile, latent_overlap = tile // factor, overlap // factor
         names = f"image {first_index}" if len(lr) == 1 else f"images {first_index}-{first_index + len(lr) - 1}"
 
-        # Encode the bicubic-upsampled LR, padded to the size the networks need.
-        condition = upsample_to(lr, (height, width))  # (B, 3, H, W), also the colour-fix reference
-        padded = _pad_to_multiple(condition, self.size_multiple)
+        # Encode the bicubic-upsampled LR, padded to the size the networks need. The full-size images are dropped
+        # as soon as they are encoded (the colour fix redraws the cheap bicubic reference): with tiling on, peak
+        # memory is one tile's activations plus the decoder's output buffer, whatever the image size.
+        padded = _pad_to_multiple(upsample_to(lr, (height, width)), self.size_multiple)  # (B, 3, H', W')
         z_lr = tiled_map(codec.encode, padded, tile, overlap, align=factor).float()  # (B, 4, H'/8, W'/8)
+        del padded
 
         # Sample. Blending the raw network output of the tiles equals blending their x0 predictions: the
         # conversion in predict_x0 is linear with per-image coefficients.
@@ -222,7 +224,9 @@ class YonosSRPipeline(DiffusionPipeline):
         # Decode, crop the padding, colour-correct.
         sr = tiled_map(codec.decode, z_0, latent_tile, latent_overlap)[..., :height, :width].float()
         _check_finite(sr, f"{names}: the VAE decoder ({self.vae.dtype}) output")
-        return apply_color_fix(sr, condition, color_fix)
+        if color_fix == "none":
+            return sr
+        return apply_color_fix(sr, upsample_to(lr, (height, width)), color_fix)
 
 
 def _check_finite(tensor: Tensor, what: str) -> None:
@@ -287,8 +291,8 @@ def _to_output(images: list[Tensor], output_type: OutputType) -> Any:
     if output_type == "pil":
         return [PIL.Image.fromarray(_to_uint8(image)) for image in images]
     same_size = len({tuple(image.shape) for image in images}) == 1
-    if output_type == "pt":
-        return torch.stack(images) if same_size else images
+    if output_type == "pt":  # one image: a view, not a copy of a possibly huge tensor
+        return (images[0][None] if len(images) == 1 else torch.stack(images)) if same_size else images
     arrays = [image.permute(1, 2, 0).cpu().numpy() for image in images]  # (H, W, 3)
     return np.stack(arrays) if same_size else arrays
 

@@ -78,7 +78,7 @@ def tiled_map(fn: Callable[[Tensor], Tensor], x: Tensor, tile: int, overlap: int
             window = (..., slice(top_out, top_out + piece.shape[-2]), slice(left_out, left_out + piece.shape[-1]))
             out[window] += piece * weight
             weight_sum[window] += weight
-    return out / weight_sum
+    return out.div_(weight_sum)  # in place: no second output-sized buffer
 
 
 def _tile_weight(height: int, width: int, overlap: int, device: torch.device) -> Tensor:

@@ -62,28 +62,34 @@ def tiled_map(fn: Callable[[Tensor], Tensor], x: Tensor, tile: int, overlap: int
     if height <= tile and width <= tile:
         return fn(x)
     tile_h, tile_w = min(tile, height), min(tile, width)
-    out = weight_sum = ratio = None
-    for top in tile_starts(height, tile_h, overlap, align):
-        for left in tile_starts(width, tile_w, overlap, align):
+    tops, lefts = tile_starts(height, tile_h, overlap, align), tile_starts(width, tile_w, overlap, align)
+    out = None
+    for top in tops:
+        for left in lefts:
             piece = fn(x[..., top : top + tile_h, left : left + tile_w]).float()
             if out is None:
                 ratio = Fraction(piece.shape[-2], tile_h)
                 if Fraction(piece.shape[-1], tile_w) != ratio:
                     raise ValueError(f"tile function scaled height and width differently: {tuple(piece.shape)}")
-                out_h, out_w = _scaled(height, ratio), _scaled(width, ratio)
-                out = piece.new_zeros(*piece.shape[:-2], out_h, out_w)  # (B, C_out, H * r, W * r)
-                weight_sum = piece.new_zeros(1, 1, out_h, out_w)
-            weight = _tile_weight(piece.shape[-2], piece.shape[-1], _scaled(overlap, ratio), piece.device)
+                out = piece.new_zeros(*piece.shape[:-2], _scaled(height, ratio), _scaled(width, ratio))
+                row_weight = gaussian_weights(piece.shape[-2], _scaled(overlap, ratio), piece.device)
+                col_weight = gaussian_weights(piece.shape[-1], _scaled(overlap, ratio), piece.device)
+                tile_weight = torch.outer(row_weight, col_weight)  # (h, w), separable
             top_out, left_out = _scaled(top, ratio), _scaled(left, ratio)
-            window = (..., slice(top_out, top_out + piece.shape[-2]), slice(left_out, left_out + piece.shape[-1]))
-            out[window] += piece * weight
-            weight_sum[window] += weight
-    return out.div_(weight_sum)  # in place: no second output-sized buffer
+            out[..., top_out : top_out + piece.shape[-2], left_out : left_out + piece.shape[-1]] += piece * tile_weight
+    # The tiles form a grid of one size, so the weights' sum is separable too: dividing by the row and column sums
+    # needs no image-sized weight buffer, and the in-place division no second output.
+    row_sum = _summed(row_weight, [_scaled(top, ratio) for top in tops], out.shape[-2])
+    col_sum = _summed(col_weight, [_scaled(left, ratio) for left in lefts], out.shape[-1])
+    return out.div_(row_sum[:, None]).div_(col_sum)
 
 
-def _tile_weight(height: int, width: int, overlap: int, device: torch.device) -> Tensor:
-    """Separable 2-D weight (1, 1, height, width) of one tile."""
-    return torch.outer(gaussian_weights(height, overlap, device), gaussian_weights(width, overlap, device))[None, None]
+def _summed(weight: Tensor, starts: list[int], length: int) -> Tensor:
+    """Sum (length,) of the 1-D ``weight`` placed at each of ``starts``."""
+    total = weight.new_zeros(length)
+    for start in starts:
+        total[start : start + len(weight)] += weight
+    return total
 
 
 def _scaled(value: int, ratio: Fraction) -> int:

@@ -12,9 +12,18 @@ measured / ideal (1.0: the pipeline adds no overhead of its own). Random weights
 sd21-base on a CPU runs at 32 -> 128 with N = 2 (``--sd21-size``, ``--sd21-steps``): one UNet pass takes seconds.
 
 Peak memory: each output size runs in a fresh process (CPU: peak RSS, sampled every 2 ms, above the RSS once the
-model is loaded; CUDA: ``torch.cuda.max_memory_allocated``), default tiles (512 px, overlap 128), tiny preset, x4.
+model is loaded, with glibc's mmap threshold fixed at 64 KiB so that freed tensors leave the RSS and it tracks live
+memory; CUDA: ``torch.cuda.max_memory_allocated`` above the allocated model), default tiles (512 px, overlap 128),
+x4, ``--memory-presets`` (tiny on CPU; tiny and sd21-base with the UNet in bf16 on CUDA).
 
-Ends with ONE JSON line: ``speedup_over_ideal`` (tiny), ``peak_mem_2048_over_512``, ``tiled_vs_untiled_psnr_db``.
+Latency (CUDA only, ``--latency``): ``sd21-base`` at 128 -> 512 with UNet and VAE in bf16, channels_last, PyTorch's
+SDPA attention: the parts (encode, ONE UNet pass, decode) and the whole pipeline call (tiling off, colour fix none),
+batch 1 and 16, per ``--latency-modes`` (eager, and ``torch.compile`` of the UNet, the VAE encoder and the VAE
+decoder in a compile mode); median of ``--latency-reps`` after warm-up. Target on an H100: <= 60 ms per image at
+batch 1. On a GPU: ``--sd21-size 512 --sd21-steps 200`` gives the sd21-base 1-vs-200-step row at 128 -> 512.
+
+Ends with ONE JSON line: ``speedup_over_ideal`` (tiny), ``peak_mem_2048_over_512``, ``tiled_vs_untiled_psnr_db``
+(and, on CUDA, ``bf16_ms_per_image_b1`` / ``_b16``: the best of eager and compiled pipeline calls).
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import json
 import math
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import threading
@@ -34,15 +44,22 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from diffusers.utils import logging as diffusers_logging
+
 from yonos.diffusion import make_scheduler
 from yonos.models import LatentCodec, SRDenoiser
 from yonos.pipeline import DEFAULT_TILE_OVERLAP, DEFAULT_TILE_SIZE, YonosSRPipeline
 
 
-def build_pipeline(preset: str, scale: int, device: torch.device) -> YonosSRPipeline:
+def build_pipeline(
+    preset: str, scale: int, device: torch.device, unet_dtype: torch.dtype = torch.float32
+) -> YonosSRPipeline:
     torch.manual_seed(0)
-    denoiser, codec = SRDenoiser.from_preset(preset).eval(), LatentCodec.from_preset(preset).eval()
-    return YonosSRPipeline.from_models(denoiser, codec, make_scheduler(None), scale).to(device)
+    with device:  # random weights drawn where they live: seconds saved for sd21-base on a GPU
+        denoiser, codec = SRDenoiser.from_preset(preset).eval(), LatentCodec.from_preset(preset).eval()
+    pipe = YonosSRPipeline.from_models(denoiser, codec, make_scheduler(None), scale).to(device)
+    pipe.unet.to(dtype=unet_dtype)
+    return pipe
 
 
 def _sync(device: torch.device) -> None:
@@ -125,9 +142,10 @@ class PeakRSS:
 
 
 @torch.no_grad()
-def peak_memory_child(out_size: int, device: torch.device) -> dict:
+def peak_memory_child(preset: str, out_size: int, device: torch.device) -> dict:
     """Run in a fresh process: peak memory of one tiled x4 call at ``out_size`` above the loaded model."""
-    pipe = build_pipeline("tiny", 4, device)
+    unet_dtype = torch.bfloat16 if preset != "tiny" and device.type == "cuda" else torch.float32
+    pipe = build_pipeline(preset, 4, device, unet_dtype)
     pipe(torch.rand(1, 3, 16, 16).to(device), generator=torch.Generator().manual_seed(0))  # warm-up: kernels, caches
     lr = torch.rand(1, 3, out_size // 4, out_size // 4, generator=torch.Generator().manual_seed(0)).to(device)
     gc.collect()
@@ -139,13 +157,15 @@ def peak_memory_child(out_size: int, device: torch.device) -> dict:
         pipe(lr, generator=torch.Generator().manual_seed(0), output_type="pt")
     seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else rss.peak
-    return {"size": out_size, "growth_mb": (peak - baseline) / 2**20, "peak_mb": peak / 2**20, "seconds": seconds}
+    growth_mb, peak_mb = (peak - baseline) / 2**20, peak / 2**20
+    return {"preset": preset, "size": out_size, "growth_mb": growth_mb, "peak_mb": peak_mb, "seconds": seconds}
 
 
-def peak_memory(out_size: int, device: torch.device) -> dict:
-    command = [sys.executable, __file__, "--child-peak", str(out_size), "--device", str(device)]
+def peak_memory(preset: str, out_size: int, device: torch.device) -> dict:
+    command = [sys.executable, __file__, "--child-peak", preset, str(out_size), "--device", str(device)]
     command += ["--threads", str(torch.get_num_threads())]
-    completed = subprocess.run(command, check=True, capture_output=True, text=True)
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}  # large frees go back to the OS: RSS ~ live memory
+    completed = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
@@ -160,6 +180,61 @@ def tiled_vs_untiled(out_size: int, tile: int, overlap: int, device: torch.devic
     ]
     mse = F.mse_loss(outputs[0].images, outputs[1].images).item()
     return 10 * math.log10(1.0 / max(mse, 1e-20))
+
+
+def median_ms(fn: Callable[[], object], reps: int, device: torch.device) -> float:
+    """Median wall time (ms) of ``reps`` calls after three warm-up calls, device synchronised around each call."""
+    for _ in range(3):
+        fn()
+    return 1000 * statistics.median(seconds(fn, device) for _ in range(reps))
+
+
+@torch.no_grad()
+def measure_latency(
+    preset: str, lr_size: int, scale: int, batches: list[int], compile_mode: str | None, reps: int,
+    device: torch.device,
+) -> list[dict]:
+    """bf16 latency of the parts and of the pipeline call at ``lr_size`` -> ``lr_size * scale``, per batch size.
+
+    UNet and VAE in bf16 and channels_last; with ``compile_mode``, ``torch.compile`` of the UNet, the VAE encoder and
+    the VAE decoder in place (``Module.compile``: state dicts and the pipeline are unchanged), shapes static.
+    """
+    pipe = build_pipeline(preset, scale, device, torch.bfloat16)
+    pipe.vae.to(dtype=torch.bfloat16)
+    for module in (pipe.unet, pipe.vae):
+        module.to(memory_format=torch.channels_last)
+    if compile_mode is not None:
+        for module in (pipe.unet, pipe.vae.encoder, pipe.vae.decoder):
+            module.compile(mode=compile_mode, dynamic=False)
+    compile_mode = compile_mode or "eager"
+    rows = []
+    for batch in batches:
+        started = time.perf_counter()
+        row = {"preset": preset, "size": f"{lr_size}->{lr_size * scale}", "batch": batch, "compile": compile_mode}
+        row.update(_latency_parts(pipe, lr_size, scale, batch, reps, device))
+        row["ms_per_image"] = row["pipeline_ms"] / batch
+        row["first_call_s"] = time.perf_counter() - started  # compile time included
+        rows.append(row)
+        _print_latency([row])
+    return rows
+
+
+def _latency_parts(
+    pipe: YonosSRPipeline, lr_size: int, scale: int, batch: int, reps: int, device: torch.device
+) -> dict[str, float]:
+    codec, denoiser, out_size = pipe.codec, pipe.denoiser, lr_size * scale
+    lr = torch.rand(batch, 3, lr_size, lr_size, device=device)
+    condition = torch.rand(batch, 3, out_size, out_size, device=device)
+    z = codec.encode(condition)
+    t = torch.full((batch,), pipe.scheduler.config.num_train_timesteps - 1, device=device)
+    generator = torch.Generator().manual_seed(0)
+    parts = {
+        "encode_ms": lambda: codec.encode(condition),
+        "unet_ms": lambda: denoiser(z, z, t),
+        "decode_ms": lambda: codec.decode(z),
+        "pipeline_ms": lambda: pipe(lr, generator=generator, tile_size=None, output_type="pt", vae_dtype=torch.bfloat16),
+    }
+    return {name: median_ms(fn, reps, device) for name, fn in parts.items()}
 
 
 def _print_speed(rows: list[dict]) -> None:
@@ -177,11 +252,21 @@ def _print_speed(rows: list[dict]) -> None:
 
 def _print_memory(rows: list[dict], device: torch.device) -> None:
     what = "max_memory_allocated" if device.type == "cuda" else "peak RSS"
-    print(f"\n(b) memory versus output size, x4, tiles {DEFAULT_TILE_SIZE}/{DEFAULT_TILE_OVERLAP} px, tiny ({what})")
-    print("| output | growth over loaded model (MiB) | peak (MiB) | seconds |")
-    print("|---|---|---|---|")
+    print(f"\n(b) memory versus output size, x4, tiles {DEFAULT_TILE_SIZE}/{DEFAULT_TILE_OVERLAP} px ({what})")
+    print("| preset | output | growth over loaded model (MiB) | peak (MiB) | seconds |")
+    print("|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['size']}^2 | {r['growth_mb']:.0f} | {r['peak_mb']:.0f} | {r['seconds']:.1f} |")
+        print(f"| {r['preset']} | {r['size']}^2 | {r['growth_mb']:.0f} | {r['peak_mb']:.0f} | {r['seconds']:.1f} |")
+
+
+def _print_latency(rows: list[dict]) -> None:
+    for r in rows:
+        print(
+            f"| {r['preset']} | {r['size']} | {r['batch']} | {r['compile']} | {r['encode_ms']:.1f} | "
+            f"{r['unet_ms']:.1f} | {r['decode_ms']:.1f} | {r['pipeline_ms']:.1f} | {r['ms_per_image']:.1f} | "
+            f"{r['first_call_s']:.0f} |",
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -194,43 +279,85 @@ def main() -> None:
     parser.add_argument("--sd21-size", type=int, default=128, help="sd21-base output size (CPU: 512 is too slow)")
     parser.add_argument("--sd21-steps", type=int, default=2, help="N of the sd21-base N-step run (CPU: 200 is hours)")
     parser.add_argument("--memory-sizes", type=int, nargs="+", default=[512, 1024, 2048])
+    parser.add_argument("--memory-presets", nargs="+", default=None, help="default: tiny (CPU), tiny sd21-base (CUDA)")
     parser.add_argument("--psnr-size", type=int, default=512, help="output size of the tiled-vs-untiled check")
     parser.add_argument("--psnr-tile", type=int, nargs=2, default=[256, 64], help="tile size and overlap there")
-    parser.add_argument("--child-peak", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--latency", action=argparse.BooleanOptionalAction, default=None, help="default: on CUDA")
+    parser.add_argument("--latency-preset", default="sd21-base")
+    parser.add_argument("--latency-batches", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--latency-reps", type=int, default=20)
+    parser.add_argument(
+        "--latency-modes", nargs="+", default=["eager", "default"], help="'eager' and/or torch.compile modes"
+    )
+    parser.add_argument("--latency-only", action="store_true", help="stop after the latency table")
+    parser.add_argument("--child-peak", nargs=2, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
+    diffusers_logging.set_verbosity_error()  # the bf16 casts' "keep in float32: []" notice
     if args.child_peak is not None:
-        print(json.dumps(peak_memory_child(args.child_peak, device)))
+        print(json.dumps(peak_memory_child(args.child_peak[0], int(args.child_peak[1]), device)))
         return
+    summary: dict[str, object] = {}
+    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
+          f"torch {torch.__version__}, threads {torch.get_num_threads()}", flush=True)
+
+    if args.latency if args.latency is not None else device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        print("\n(d) bf16 latency, channels_last, SDPA; whole pipeline call = bicubic + encode + 1 UNet + decode")
+        print("| preset | size | batch | compile | enc ms | UNet ms | dec ms | pipeline ms | ms / image | first call s |")
+        print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
+        modes = [None if mode == "eager" else mode for mode in args.latency_modes]
+        latency = [
+            row
+            for mode in modes
+            for row in measure_latency(
+                args.latency_preset, 128, 4, args.latency_batches, mode, args.latency_reps, device
+            )
+        ]
+        for batch in args.latency_batches:
+            best = min(r["ms_per_image"] for r in latency if r["batch"] == batch)
+            summary[f"bf16_ms_per_image_b{batch}"] = round(best, 2)
+        print(json.dumps({"latency": summary}), flush=True)
+        if args.latency_only:
+            return
 
     speed = [measure_speed("tiny", 128, 4, args.steps, args.reps, device)]
     if not args.skip_sd21:
-        speed.append(measure_speed("sd21-base", args.sd21_size // 4, 4, args.sd21_steps, 1, device, warmup=False))
-    memory = [peak_memory(size, device) for size in args.memory_sizes]
-    psnr = tiled_vs_untiled(args.psnr_size, *args.psnr_tile, device)
-
-    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
-    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, float32, batch 1, "
-          f"load average at the end {load} (the CPU is shared: compare ratios, not seconds)")
+        on_gpu = device.type == "cuda"  # a CPU sd21 pass takes seconds: no warm-up, one repeat
+        sd21_reps = args.reps if on_gpu else 1
+        speed.append(measure_speed("sd21-base", args.sd21_size // 4, 4, args.sd21_steps, sd21_reps, device, on_gpu))
     _print_speed(speed)
+    presets = args.memory_presets or (["tiny", "sd21-base"] if device.type == "cuda" else ["tiny"])
+    memory = [peak_memory(preset, size, device) for preset in presets for size in args.memory_sizes]
     _print_memory(memory, device)
+    psnr = tiled_vs_untiled(args.psnr_size, *args.psnr_tile, device)
     print(
         f"\n(c) tiled ({args.psnr_tile[0]}/{args.psnr_tile[1]} px) vs untiled, {args.psnr_size}^2 x4, tiny RANDOM "
         f"networks: {psnr:.2f} dB (GroupNorm statistics, attention and receptive fields of random networks are not "
         "local; tests/test_pipeline.py checks the stitching itself with local networks: >= 40 dB)"
     )
-    by_size = {row["size"]: row["growth_mb"] for row in memory}
-    summary = {
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    print(f"\nfloat32 unless stated, batch 1; load average at the end {load} (on a shared CPU compare ratios)")
+    growth = {(row["preset"], row["size"]): row["growth_mb"] for row in memory}
+
+    def memory_ratio(preset: str) -> float | None:
+        has_both = (preset, 512) in growth and (preset, 2048) in growth
+        return round(growth[preset, 2048] / growth[preset, 512], 3) if has_both else None
+
+    result = {
         "speedup_over_ideal": round(speed[0]["speedup_over_ideal"], 4),
-        "peak_mem_2048_over_512": round(by_size[2048] / by_size[512], 3) if {512, 2048} <= set(by_size) else None,
+        "peak_mem_2048_over_512": memory_ratio(presets[0]),
         "tiled_vs_untiled_psnr_db": round(psnr, 2),
         "measured_speedup": round(speed[0]["measured_speedup"], 2),
         "ideal_speedup": round(speed[0]["ideal_speedup"], 2),
     }
     if len(speed) > 1:
-        summary["sd21_speedup_over_ideal"] = round(speed[1]["speedup_over_ideal"], 4)
-    print(json.dumps(summary))
+        result["sd21_speedup_over_ideal"] = round(speed[1]["speedup_over_ideal"], 4)
+    for preset in presets[1:]:
+        result[f"peak_mem_2048_over_512_{preset}"] = memory_ratio(preset)
+    result.update(summary)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -292,6 +292,20 @@ def test_low_precision_unet_keeps_the_vae_in_float32(saved: Path):
     assert torch.isfinite(result.images).all() and psnr(result.images, reference) > 25
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize(("unet_dtype", "min_psnr"), [(torch.float32, 40), (torch.bfloat16, 25)])
+def test_cuda_output_matches_cpu_with_the_same_generator(unet_dtype: torch.dtype, min_psnr: float):
+    lr = lr_batch(batch=2, height=40, width=24)  # tiled: 80 x 48 output in 32 px tiles
+    expected = tiny_pipeline()(lr, generator=seeded(3, 5), tile_size=32, tile_overlap=8, output_type="pt").images
+    cuda = tiny_pipeline().to("cuda")
+    cuda.unet.to(dtype=unet_dtype)
+
+    out = cuda(lr.cuda(), generator=seeded(3, 5), tile_size=32, tile_overlap=8, output_type="pt")
+
+    assert out.images.device.type == "cuda" and out.images.shape == expected.shape  # CPU generators: same noise
+    assert out.metadata["yonos:vae_dtype"] == "float32" and psnr(out.images.cpu(), expected) > min_psnr
+
+
 def test_nan_from_the_decoder_is_an_error_naming_the_image(pipe: YonosSRPipeline, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(LatentCodec, "decode", lambda self, z: torch.full((z.shape[0], 3, 64, 64), float("nan")))
 

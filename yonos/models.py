@@ -159,6 +159,12 @@ def empty_prompt_embedding(root: Path | str | None, cross_attention_dim: int, re
     return embedding
 
 
+def weight_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype of ``module``'s first parameter: what its input is cast to. (diffusers' ``ModelMixin.dtype`` walks
+    every submodule: milliseconds per call on an SD UNet, which a batch-1 GPU call would wait for.)"""
+    return next(module.parameters()).dtype
+
+
 class SRDenoiser(nn.Module):
     """A diffusers UNet that denoises z_t conditioned on the encoded LR image by channel concatenation.
 
@@ -214,7 +220,7 @@ class LatentCodec(nn.Module):
 
     def encode(self, image: Tensor, generator: torch.Generator | None = None, sample: bool = False) -> Tensor:
         """(B, 3, H, W) in [0, 1] -> (B, 4, H/8, W/8); the posterior mean unless ``sample``."""
-        posterior = self.vae.encode(image.to(self.vae.dtype) * 2.0 - 1.0).latent_dist
+        posterior = self.vae.encode(image.to(weight_dtype(self.vae.encoder)) * 2.0 - 1.0).latent_dist
         latent = posterior.sample(generator) if sample else posterior.mode()
         shift = self.vae.config.get("shift_factor") or 0.0
         return (latent - shift) * self.scaling_factor
@@ -223,7 +229,8 @@ class LatentCodec(nn.Module):
         """(B, 4, h, w) -> (B, 3, 8h, 8w) in [0, 1] (unclamped with ``clamp=False``: what decoder training needs,
         since clamping stops gradients outside the range)."""
         shift = self.vae.config.get("shift_factor") or 0.0
-        image = (self.vae.decode(latent.to(self.vae.dtype) / self.scaling_factor + shift).sample.float() + 1.0) / 2.0
+        latent = latent.to(weight_dtype(self.vae.decoder)) / self.scaling_factor + shift
+        image = (self.vae.decode(latent).sample.float() + 1.0) / 2.0
         return image.clamp(0.0, 1.0) if clamp else image
 
     def decoder_parameters(self) -> list[nn.Parameter]:

@@ -24,7 +24,7 @@ from yonos.colorfix import COLOR_FIX_MODES, ColorFix, apply_color_fix
 from yonos.degradations import upsample_to
 from yonos.diffusion import ddim_sample
 from yonos.images import to_rgb8
-from yonos.models import PROMPT_LENGTH, LatentCodec, SRDenoiser
+from yonos.models import PROMPT_LENGTH, LatentCodec, SRDenoiser, weight_dtype
 from yonos.tiling import tiled_map
 
 ImageInput = PIL.Image.Image | Tensor | list[PIL.Image.Image | Tensor]
@@ -149,8 +149,9 @@ class YonosSRPipeline(DiffusionPipeline):
         if color_fix not in COLOR_FIX_MODES:
             raise ValueError(f"unknown color_fix {color_fix!r}; choose from {COLOR_FIX_MODES}")
         tiles = self._tile_plan(tile_size, tile_overlap)
-        if self.vae.dtype != (vae_dtype or torch.float32):
-            self.vae.to(dtype=vae_dtype or torch.float32)
+        vae_dtype = vae_dtype or torch.float32
+        if weight_dtype(self.vae) != vae_dtype:
+            self.vae.to(dtype=vae_dtype)
         batches = _to_batches(image, self.device)
         generators = _split_generators(generator, [len(batch) for batch in batches])
         results, first_index = [], 0
@@ -164,8 +165,8 @@ class YonosSRPipeline(DiffusionPipeline):
             "yonos:color_fix": color_fix,
             "yonos:tile_size": str(tiles[0]) if tiles else "none",
             "yonos:tile_overlap": str(tiles[1]) if tiles else "none",
-            "yonos:unet_dtype": str(self.unet.dtype).removeprefix("torch."),
-            "yonos:vae_dtype": str(self.vae.dtype).removeprefix("torch."),
+            "yonos:unet_dtype": str(weight_dtype(self.unet)).removeprefix("torch."),
+            "yonos:vae_dtype": str(vae_dtype).removeprefix("torch."),
         }
         images = _to_output(results, output_type)
         return YonosSROutput(images=images, metadata=metadata) if return_dict else (images, metadata)
@@ -209,7 +210,7 @@ class YonosSRPipeline(DiffusionPipeline):
 
         # Sample. Blending the raw network output of the tiles equals blending their x0 predictions: the
         # conversion in predict_x0 is linear with per-image coefficients.
-        unet_dtype, unet_multiple = self.unet.dtype, self.size_multiple // factor
+        unet_dtype, unet_multiple = weight_dtype(self.unet), self.size_multiple // factor
 
         def denoise(z_t: Tensor, t: Tensor) -> Tensor:
             def on_tile(stacked: Tensor) -> Tensor:
@@ -223,7 +224,7 @@ class YonosSRPipeline(DiffusionPipeline):
 
         # Decode, crop the padding, colour-correct.
         sr = tiled_map(codec.decode, z_0, latent_tile, latent_overlap)[..., :height, :width].float()
-        _check_finite(sr, f"{names}: the VAE decoder ({self.vae.dtype}) output")
+        _check_finite(sr, f"{names}: the VAE decoder ({weight_dtype(self.vae.decoder)}) output")
         if color_fix == "none":
             return sr
         return apply_color_fix(sr, upsample_to(lr, (height, width)), color_fix)

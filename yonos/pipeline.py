@@ -110,6 +110,17 @@ class YonosSRPipeline(DiffusionPipeline):
         """Output sizes are padded to this: the VAE factor times the UNet's total downsampling."""
         return self.codec.downsample_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
 
+    @classmethod
+    def load_config(cls, *args: Any, **kwargs: Any) -> Any:
+        """diffusers' ``load_config``, reading folders exported by yonos 0.1.0 before the class registered itself
+        with diffusers: their ``_class_name`` ``["yonos_pipeline", "YonosSRPipeline"]`` pointed at a loader file that
+        diffusers runs only with ``trust_remote_code``; loading through this class needs neither."""
+        loaded = super().load_config(*args, **kwargs)
+        config = loaded[0] if isinstance(loaded, tuple) else loaded
+        if isinstance(config.get("_class_name"), (list, tuple)) and config["_class_name"][-1] == cls.__name__:
+            config["_class_name"] = cls.__name__
+        return loaded
+
     # Inference.
 
     @torch.no_grad()

@@ -171,7 +171,8 @@ def ddim_sample(
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     prediction_type = scheduler.config.prediction_type
-    stepper = DDIMScheduler.from_config(copy.deepcopy(dict(scheduler.config)), prediction_type="sample")
+    stepper = copy.deepcopy(scheduler)  # same schedule; a copy, not from_config (which re-parses: ms per call)
+    stepper.register_to_config(prediction_type="sample")
     stepper.set_timesteps(num_steps, device=device)
     alphas_cumprod = stepper.alphas_cumprod
     if noise is None:

@@ -163,7 +163,7 @@ class YonosSRPipeline(DiffusionPipeline):
         vae_dtype = vae_dtype or torch.float32
         if weight_dtype(self.vae) != vae_dtype:
             self.vae.to(dtype=vae_dtype)
-        batches = _to_batches(image, self.device)
+        batches = _to_batches(image, next(self.unet.parameters()).device)  # DiffusionPipeline.device walks modules
         generators = _split_generators(generator, [len(batch) for batch in batches])
         results, first_index = [], 0
         for batch, batch_generator in zip(batches, generators):

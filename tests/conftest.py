@@ -99,3 +99,12 @@ def import_basicsr():
         return pytest.importorskip(module)
 
     return load
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small tensors gain nothing from threads, and OpenMP threads oversubscribed on a busy machine crawl."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -28,13 +28,7 @@ CASES = [(7, 0.2, 0.2, 0.0, 0.5), (13, 1.7, 0.6, 0.9, 1.0), (21, 3.0, 1.1, -2.5,
 SINC_CASES = [(7, math.pi / 3), (13, math.pi / 5), (21, 2.2), (9, math.pi)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors gain nothing from threads, and OpenMP threads oversubscribed on a busy machine crawl."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: small tensors, one thread
 
 
 # BasicSR's definitions (basicsr/data/degradations.py), restated in numpy.

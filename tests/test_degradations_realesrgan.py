@@ -18,13 +18,7 @@ from yonos.degradations.realesrgan import RealESRGANParams, apply_realesrgan, sa
 B = 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors gain nothing from threads, and OpenMP threads oversubscribed on a busy machine crawl."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: small tensors, one thread
 
 
 def image(batch: int = B, size: int = 64, seed: int = 0, edges: bool = True) -> torch.Tensor:

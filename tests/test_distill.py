@@ -8,9 +8,12 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
+from torch.testing import assert_close
+
 from yonos import chain
 from yonos.data import SRDataModule
-from yonos.degradations import bicubic_downsample
+from yonos.degradations import bicubic_downsample, upsample_to
+from yonos.diffusion import add_noise, predict_x0, sample_timesteps, x0_loss_weight
 from yonos.models import BackboneConfig
 from yonos.modules import ScaleDistillModule, TeacherModule
 
@@ -45,8 +48,8 @@ def test_student_starts_as_the_teacher_and_teacher_is_frozen(teacher_ckpt: Path)
     assert all(torch.equal(v, loaded.denoiser.state_dict()[k]) for k, v in teacher_state.items())
 
 
-def test_teacher_and_student_see_the_same_noisy_latent_and_timestep(teacher_ckpt: Path):
-    module = _student(teacher_ckpt)
+def _spy_on_networks(module: ScaleDistillModule) -> dict[str, list]:
+    """Record (z_t, z_lr, t) of every teacher and student call."""
     calls: dict[str, list] = {"teacher": [], "student": []}
     for name in calls:
         network = getattr(module, name)
@@ -57,11 +60,59 @@ def test_teacher_and_student_see_the_same_noisy_latent_and_timestep(teacher_ckpt
             return _original(z_t, z_lr, t)
 
         network.forward = spy
-    module.training_step(_batch(), 0)
+    return calls
+
+
+def _expected_inputs(module: ScaleDistillModule, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What the networks must see, built by hand from the batch: each image encoded alone, (t, eps) from a fresh
+    copy of the module's stream (seed + rank 0, timesteps first, then noise)."""
+    hr = batch["hr"]
+    with torch.no_grad():
+        encode = lambda images: torch.cat([module.codec.encode(image[None]) for image in images])  # noqa: E731
+        z_hr = encode(hr)
+        z_lr_teacher = encode(upsample_to(batch[f"lr_x{module.teacher_scale}"], tuple(hr.shape[-2:])))
+        z_lr_student = encode(upsample_to(batch[f"lr_x{module.student_scale}"], tuple(hr.shape[-2:])))
+    generator = torch.Generator().manual_seed(module.hparams.seed)
+    t = sample_timesteps(hr.shape[0], 1000, generator, torch.device("cpu"))
+    eps = torch.randn(z_hr.shape, generator=generator)
+    z_t = add_noise(z_hr, eps, t, module.alphas_cumprod)
+    return {"z_hr": z_hr, "z_lr_teacher": z_lr_teacher, "z_lr_student": z_lr_student, "t": t, "z_t": z_t}
+
+
+def test_teacher_and_student_see_the_same_noisy_latent_of_the_hr_and_their_own_lr(teacher_ckpt: Path):
+    """Values, not just inequality: swapping the two LR images, or building z_t from anything but the HR latent,
+    fails here."""
+    module = _student(teacher_ckpt)
+    calls = _spy_on_networks(module)
+    batch = _batch()
+    module.training_step(batch, 0)
+    expected = _expected_inputs(module, batch)
     (z_t_teacher, z_lr_teacher, t_teacher), = calls["teacher"]
     (z_t_student, z_lr_student, t_student), = calls["student"]
     assert torch.equal(z_t_teacher, z_t_student) and torch.equal(t_teacher, t_student)
-    assert not torch.equal(z_lr_teacher, z_lr_student)  # only the LR condition differs
+    assert torch.equal(t_teacher, expected["t"])
+    assert_close(z_t_teacher, expected["z_t"], rtol=0, atol=1e-5)
+    assert_close(z_lr_teacher, expected["z_lr_teacher"], rtol=0, atol=1e-5)  # encode(upsample(lr_x2))
+    assert_close(z_lr_student, expected["z_lr_student"], rtol=0, atol=1e-5)  # encode(upsample(lr_x4))
+    # The two conditions are far apart compared to the tolerance, so a swap cannot pass the two lines above.
+    assert (expected["z_lr_teacher"] - expected["z_lr_student"]).abs().max() > 1e-2
+
+
+def test_distillation_loss_is_the_weighted_distance_to_the_teachers_x0(teacher_ckpt: Path):
+    module = _student(teacher_ckpt)
+    module.student.unet.conv_in.weight.data.add_(0.01)  # a student that differs from its teacher
+    module.student.eval()
+    batch = _batch()
+    loss = module.training_step(batch, 0)
+    e = _expected_inputs(module, batch)
+    with torch.no_grad():
+        x0 = {
+            name: predict_x0(network(e["z_t"], e[f"z_lr_{name}"], e["t"]), e["z_t"], e["t"], module.alphas_cumprod, "v_prediction")
+            for name, network in (("teacher", module.teacher), ("student", module.student))
+        }
+    weight = x0_loss_weight(module.alphas_cumprod, e["t"], "one_plus_snr")
+    expected = (weight * (x0["student"] - x0["teacher"]).pow(2).mean(dim=(1, 2, 3))).mean()
+    assert_close(loss, expected, rtol=1e-4, atol=0)
 
 
 def test_teacher_is_bit_identical_after_optimizer_steps(teacher_ckpt: Path):
@@ -93,10 +144,27 @@ def test_identical_lr_and_identical_networks_give_exactly_zero_loss(teacher_ckpt
     assert module.training_step(batch, 0).item() < 1e-10
 
 
-def test_gt_mix_adds_the_ground_truth_term(teacher_ckpt: Path):
+def test_gt_mix_blends_distillation_and_ground_truth_terms_as_one_minus_g_and_g(teacher_ckpt: Path):
+    """With the student seeing the teacher's LR (distillation term exactly 0), loss(g) = g * w ||x0 - z_hr||^2:
+    a swapped blend (g on the teacher term) gives (1 - g) times it instead."""
     batch = _batch()
     batch["lr_x4"] = batch["lr_x2"]
-    assert _student(teacher_ckpt, gt_mix=0.5).training_step(batch, 0).item() > 0.0
+    losses = {}
+    for gt_mix in (0.0, 0.3, 1.0):
+        module = _student(teacher_ckpt, gt_mix=gt_mix)
+        module.student.eval()
+        losses[gt_mix] = module.training_step(batch, 0).item()
+    e = _expected_inputs(module, batch)
+    with torch.no_grad():
+        x0_student = predict_x0(
+            module.student(e["z_t"], e["z_lr_student"], e["t"]), e["z_t"], e["t"], module.alphas_cumprod, "v_prediction"
+        )
+    weight = x0_loss_weight(module.alphas_cumprod, e["t"], "one_plus_snr")
+    ground_truth_term = (weight * (x0_student - e["z_hr"]).pow(2).mean(dim=(1, 2, 3))).mean().item()
+    assert ground_truth_term > 1e-3
+    assert losses[0.0] == 0.0
+    assert losses[1.0] == pytest.approx(ground_truth_term, rel=1e-4)
+    assert losses[0.3] == pytest.approx(0.3 * ground_truth_term, rel=1e-4)
     with pytest.raises(ValueError, match="model.gt_mix"):
         _student(teacher_ckpt, gt_mix=1.5)
 

@@ -31,6 +31,44 @@ DenoiseFn = Callable[[Tensor, Tensor], Tensor]
 """The network as the sampler sees it: (z_t (B, 4, h, w), t (B,) long) -> raw model output (B, 4, h, w)."""
 
 
+def load_scheduler_config(config: Mapping[str, Any] | str | Path | None = None) -> dict[str, Any]:
+    """A scheduler config as a dict: ``config`` itself, a ``scheduler_config.json`` file, a folder holding one, or
+    SD 2.1-base's schedule when None."""
+    if config is None:
+        return dict(SD_SCHEDULER_CONFIG)
+    if not isinstance(config, (str, Path)):
+        return dict(config)
+    path = Path(config)
+    if path.suffix != ".json":
+        path = path / "scheduler_config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"scheduler config not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"scheduler config {path} is not valid JSON: {err}") from err
+
+
+def parameterisation_mismatch(base_config: Mapping[str, Any], prediction_type: PredictionType) -> str | None:
+    """Why training ``prediction_type`` on a base model trained with another parameterisation costs budget, or
+    None when they agree (or the base config does not say).
+
+    A network trained for eps read as v gives x0 = alpha*z_t - sigma*eps_pred; at t = T - 1 of SD's schedule
+    (alpha = 0.068, sigma = 0.998) that is about -0.93 z_t, so the pretrained prior is wrong exactly at the one
+    timestep the one-step sampler uses until fine-tuning re-learns the output.
+    """
+    base = base_config.get("prediction_type")
+    if base is None or base == prediction_type:
+        return None
+    return (
+        f"model.prediction_type = {prediction_type!r} but the base model's scheduler says it was trained with "
+        f"{base!r}: its pretrained output is read in another parameterisation, so the step-0 x0 prediction is not "
+        "the pretrained model's (the switch is learnable but costs training steps). Set model.init_args."
+        f"prediction_type: {base} to keep the prior, or use a base trained with {prediction_type!r} "
+        "(experiments/teacher_x2_sd21_768.yaml: SD 2.1 768, v-prediction)."
+    )
+
+
 def make_scheduler(
     config: Mapping[str, Any] | str | Path | None = None,
     prediction_type: PredictionType = "v_prediction",
@@ -38,22 +76,12 @@ def make_scheduler(
 ) -> DDIMScheduler:
     """Build the DDIM scheduler that defines the noise schedule for training and sampling.
 
-    The betas come from ``config`` (a scheduler config dict, a ``scheduler_config.json`` file, or a folder holding
-    one; SD 2.1-base when None). Sampling settings are this project's: trailing timestep spacing (one step starts at
-    t = T - 1), no clipping, and ``set_alpha_to_one`` so that the last DDIM update returns the x0 prediction.
+    The betas come from ``config`` (see :func:`load_scheduler_config`); the base's own ``prediction_type`` is not
+    copied (see :func:`parameterisation_mismatch`). Sampling settings are this project's: trailing timestep spacing
+    (one step starts at t = T - 1), no clipping, and ``set_alpha_to_one`` so that the last DDIM update returns the
+    x0 prediction.
     """
-    if config is None:
-        config = SD_SCHEDULER_CONFIG
-    elif isinstance(config, (str, Path)):
-        path = Path(config)
-        if path.suffix != ".json":
-            path = path / "scheduler_config.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"scheduler config not found: {path}")
-        try:
-            config = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"scheduler config {path} is not valid JSON: {err}") from err
+    config = load_scheduler_config(config)
     if rescale_betas_zero_snr and prediction_type == "epsilon":
         raise ValueError(
             "rescale_betas_zero_snr with prediction_type='epsilon' cannot recover x0 at the last timestep "
@@ -124,11 +152,12 @@ def snr(alphas_cumprod: Tensor, t: Tensor) -> Tensor:
 
 
 def x0_loss_weight(alphas_cumprod: Tensor, t: Tensor, weighting: LossWeighting) -> Tensor:
-    """Weight w(lambda_t) of the x0-space loss, shape (B,).
+    """Weight w(lambda_t) of the x0-space loss w * ||x0_pred - z_0||^2, shape (B,).
 
-    ``one_plus_snr`` (default) makes w * ||x0_pred - z_0||^2 equal the MSE on v; ``snr`` equals the MSE on eps;
-    ``min_snr_5`` is Min-SNR-gamma (Hang et al. 2023, gamma = 5) in its v-prediction form; ``constant`` is plain
-    x0 MSE.
+    Since ||x0 error||^2 = ||eps error||^2 / SNR = ||v error||^2 / (1 + SNR):
+    ``one_plus_snr`` (default) equals the MSE on v; ``snr`` equals the MSE on eps; ``min_snr_5`` is
+    Min-SNR-gamma (Hang et al. 2023, gamma = 5): min(SNR, 5) on x0, i.e. min(SNR, 5) / (SNR + 1) on v and
+    min(SNR, 5) / SNR on eps; ``constant`` is plain x0 MSE.
     """
     ratio = snr(alphas_cumprod, t)
     if weighting == "one_plus_snr":
@@ -136,15 +165,32 @@ def x0_loss_weight(alphas_cumprod: Tensor, t: Tensor, weighting: LossWeighting) 
     if weighting == "snr":
         return ratio
     if weighting == "min_snr_5":
-        return torch.minimum(ratio, torch.full_like(ratio, 5.0)) + 1.0
+        return ratio.clamp_max(5.0)
     if weighting == "constant":
         return torch.ones_like(ratio)
     raise ValueError(f"unknown loss weighting {weighting!r}")
 
 
-def sample_timesteps(batch_size: int, num_train_timesteps: int, generator: torch.Generator, device: torch.device) -> Tensor:
-    """Training timesteps t ~ U{0, ..., T-1}, shape (B,) long."""
-    return torch.randint(0, num_train_timesteps, (batch_size,), generator=generator, device=device)
+def sample_timesteps(
+    batch_size: int,
+    num_train_timesteps: int,
+    generator: torch.Generator,
+    device: torch.device,
+    last_timestep_prob: float = 0.0,
+) -> Tensor:
+    """Training timesteps, shape (B,) long: t ~ U{0, ..., T-1} (the paper), each replaced by the one-step
+    sampler's timestep T - 1 with probability ``last_timestep_prob``.
+
+    Uniform sampling gives t = T - 1, the only timestep a one-step model is used at, 1/T of the samples;
+    ``last_timestep_prob`` trains it explicitly. At 0 no extra random numbers are drawn (the stream is unchanged).
+    """
+    if not 0.0 <= last_timestep_prob <= 1.0:
+        raise ValueError(f"model.last_timestep_prob must be in [0, 1], got {last_timestep_prob}")
+    t = torch.randint(0, num_train_timesteps, (batch_size,), generator=generator, device=device)
+    if last_timestep_prob > 0:
+        last = torch.rand(batch_size, generator=generator, device=device) < last_timestep_prob
+        t = torch.where(last, torch.full_like(t, num_train_timesteps - 1), t)
+    return t
 
 
 @torch.no_grad()

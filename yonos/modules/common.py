@@ -16,6 +16,13 @@ from torch import Tensor, nn
 from yonos.models import BackboneConfig, LatentCodec, SRDenoiser, build_codec, build_denoiser
 
 
+def encode_fp32(codec: LatentCodec, images: Tensor) -> Tensor:
+    """VAE latents (B, 4, H/8, W/8) in float32 whatever the trainer's precision: the frozen encoder runs outside
+    autocast (as the pipeline keeps the VAE in fp32), so z_hr, z_lr and everything built from them stay fp32."""
+    with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
+        return codec.encode(images.float()).float()
+
+
 class TrainingStream:
     """A rank's stream of timesteps and noise: seeded ``seed + rank`` on the module's device, saved in checkpoints
     so that a resumed run continues the same stream."""

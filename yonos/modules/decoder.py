@@ -26,6 +26,7 @@ from yonos.modules.common import (
     TrainingStream,
     configure_optimizer,
     drop_submodule_state,
+    encode_fp32,
     load_stage_checkpoint,
     model_card,
     restore_submodule_state,
@@ -135,7 +136,7 @@ class DecoderFinetuneModule(pl.LightningModule):
     @torch.no_grad()
     def sample_latents(self, lr: Tensor, size: tuple[int, int], noise: Tensor | None = None) -> Tensor:
         """z_0 from the frozen denoiser for LR images upsampled to ``size``, (B, 4, H/8, W/8)."""
-        z_lr = self.codec.encode(upsample_to(lr, size))
+        z_lr = encode_fp32(self.codec, upsample_to(lr, size))
         generator = None if noise is not None else self.stream.generator(self.device, self.global_rank)
         return ddim_sample(
             lambda z_t, t: self.denoiser(z_t, z_lr, t), self.scheduler, tuple(z_lr.shape), self.hparams.num_steps,

@@ -25,6 +25,7 @@ from yonos.modules.common import (
     TrainingStream,
     configure_optimizer,
     drop_submodule_state,
+    encode_fp32,
     load_stage_checkpoint,
     model_card,
     restore_submodule_state,
@@ -54,6 +55,7 @@ class ScaleDistillModule(pl.LightningModule):
         student_scale: int = 4,
         gt_mix: float = 0.0,
         loss_weighting: LossWeighting | None = None,
+        last_timestep_prob: float = 0.0,
         val_num_steps: int = 1,
         val_extra_steps: list[int] | None = None,
         lpips_net: LPIPSChoice = "alex",
@@ -71,6 +73,8 @@ class ScaleDistillModule(pl.LightningModule):
             student_scale: scale the student learns; a multiple of teacher_scale greater than it.
             gt_mix: weight in [0, 1] of a ground-truth x0 term blended into the loss (0 = the paper).
             loss_weighting: w(lambda_t); default: the teacher's.
+            last_timestep_prob: fraction of training samples at the one-step sampler's timestep T - 1 instead of
+                uniform (0 = the paper).
             val_num_steps: DDIM steps of the student's validation (metrics val/psnr, ...).
             val_extra_steps: more step counts to validate at (val/psnr_{n}steps, ...).
             lpips_net: LPIPS backbone for validation, or none.
@@ -108,6 +112,9 @@ class ScaleDistillModule(pl.LightningModule):
             scheduler_source(source.backbone), source.prediction_type, source.rescale_betas_zero_snr
         )
         self.register_buffer("alphas_cumprod", self.scheduler.alphas_cumprod.clone(), persistent=False)
+        if not 0.0 <= last_timestep_prob <= 1.0:
+            raise ValueError(f"model.last_timestep_prob must be in [0, 1], got {last_timestep_prob}")
+        self.last_timestep_prob = last_timestep_prob
         self.validation = SRValidation(val_num_steps, val_extra_steps, lpips_net, random_lpips_backbone, log_images, seed)
         self.stream = TrainingStream(seed)
 
@@ -134,13 +141,15 @@ class ScaleDistillModule(pl.LightningModule):
     def training_step(self, batch: SRBatch, batch_idx: int) -> Tensor:
         hr = batch["hr"]
         size = tuple(hr.shape[-2:])
-        with torch.no_grad():  # HR once for both networks; one VAE call for the three images
-            lr_teacher = upsample_to(batch[lr_key(self.teacher_scale)], size)
-            lr_student = upsample_to(batch[lr_key(self.student_scale)], size)
-            z_hr, z_lr_teacher, z_lr_student = self.codec.encode(torch.cat([hr, lr_teacher, lr_student])).chunk(3)
+        lr_teacher = upsample_to(batch[lr_key(self.teacher_scale)], size)
+        lr_student = upsample_to(batch[lr_key(self.student_scale)], size)
+        # HR once for both networks; one VAE call for the three images; float32 latents (see encode_fp32).
+        z_hr, z_lr_teacher, z_lr_student = encode_fp32(self.codec, torch.cat([hr, lr_teacher, lr_student])).chunk(3)
         generator = self.stream.generator(self.device, self.global_rank)
-        t = sample_timesteps(z_hr.shape[0], self.scheduler.config.num_train_timesteps, generator, self.device)
-        eps = torch.randn(z_hr.shape, generator=generator, device=self.device, dtype=z_hr.dtype)
+        t = sample_timesteps(
+            z_hr.shape[0], self.scheduler.config.num_train_timesteps, generator, self.device, self.last_timestep_prob
+        )
+        eps = torch.randn(z_hr.shape, generator=generator, device=self.device, dtype=torch.float32)
         z_t = add_noise(z_hr, eps, t, self.alphas_cumprod)  # one z_t, seen by teacher and student
         loss = distillation_loss(
             self.student, self.teacher, z_t, t, z_lr_student, z_lr_teacher, self.alphas_cumprod,

@@ -6,6 +6,7 @@ degradations come from the DataModule; EMA comes from Lightning's ``EMAWeightAve
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict
 from typing import Any
 
@@ -16,11 +17,26 @@ from torch import Tensor
 
 from yonos.data import SRBatch, lr_key
 from yonos.degradations import upsample_to
-from yonos.diffusion import LossWeighting, PredictionType, make_scheduler, sample_timesteps
+from yonos.diffusion import (
+    LossWeighting,
+    PredictionType,
+    load_scheduler_config,
+    make_scheduler,
+    parameterisation_mismatch,
+    sample_timesteps,
+)
 from yonos.inference import sample_with_seeds
 from yonos.losses import denoising_loss
 from yonos.models import BackboneConfig, build_codec, build_denoiser, scheduler_source
-from yonos.modules.common import MODEL_CARD_KEY, TrainingStream, configure_optimizer, model_card, shard_trainable, shared
+from yonos.modules.common import (
+    MODEL_CARD_KEY,
+    TrainingStream,
+    configure_optimizer,
+    encode_fp32,
+    model_card,
+    shard_trainable,
+    shared,
+)
 from yonos.modules.evaluation import LPIPSChoice, SRValidation
 
 
@@ -45,6 +61,7 @@ class TeacherModule(pl.LightningModule):
         prediction_type: PredictionType = "v_prediction",
         loss_weighting: LossWeighting = "one_plus_snr",
         rescale_betas_zero_snr: bool = False,
+        last_timestep_prob: float = 0.0,
         val_num_steps: int = 1,
         val_extra_steps: list[int] | None = None,
         lpips_net: LPIPSChoice = "alex",
@@ -62,6 +79,8 @@ class TeacherModule(pl.LightningModule):
             prediction_type: what the UNet outputs; every loss goes through the x0 conversion.
             loss_weighting: w(lambda_t) of the x0 loss; one_plus_snr equals the MSE on v.
             rescale_betas_zero_snr: rescale the schedule to zero terminal SNR (Lin et al. 2024).
+            last_timestep_prob: fraction of training samples whose timestep is the one-step sampler's T - 1
+                instead of uniform (0 = the paper's uniform sampling).
             val_num_steps: DDIM steps of validation, test and predict (1 = YONOS-SR); metrics val/psnr, ...
             val_extra_steps: more step counts to validate at, logged as val/psnr_{n}steps, ...
             lpips_net: LPIPS backbone for validation, or none. Its pretrained weights must be available.
@@ -87,7 +106,13 @@ class TeacherModule(pl.LightningModule):
         if gradient_checkpointing:
             self.denoiser.unet.enable_gradient_checkpointing()
         self.codec = build_codec(backbone).eval().requires_grad_(False)
-        self.scheduler = make_scheduler(scheduler_source(backbone), prediction_type, rescale_betas_zero_snr)
+        source = scheduler_source(backbone)
+        if backbone.pretrained and (mismatch := parameterisation_mismatch(load_scheduler_config(source), prediction_type)):
+            warnings.warn(mismatch, stacklevel=2)
+        self.scheduler = make_scheduler(source, prediction_type, rescale_betas_zero_snr)
+        if not 0.0 <= last_timestep_prob <= 1.0:
+            raise ValueError(f"model.last_timestep_prob must be in [0, 1], got {last_timestep_prob}")
+        self.last_timestep_prob = last_timestep_prob
         self.register_buffer("alphas_cumprod", self.scheduler.alphas_cumprod.clone(), persistent=False)
         self.validation = SRValidation(val_num_steps, val_extra_steps, lpips_net, random_lpips_backbone, log_images, seed)
         self.stream = TrainingStream(seed)
@@ -110,15 +135,16 @@ class TeacherModule(pl.LightningModule):
 
     def encode_pair(self, hr: Tensor, lr: Tensor) -> tuple[Tensor, Tensor]:
         """z_hr and z_lr (the LR upsampled to the HR size, then encoded), both (B, 4, H/8, W/8)."""
-        with torch.no_grad():  # one VAE call for both: fewer, larger kernels
-            z_hr, z_lr = self.codec.encode(torch.cat([hr, upsample_to(lr, tuple(hr.shape[-2:]))])).chunk(2)
-        return z_hr, z_lr
+        z_hr, z_lr = encode_fp32(self.codec, torch.cat([hr, upsample_to(lr, tuple(hr.shape[-2:]))])).chunk(2)
+        return z_hr, z_lr  # one VAE call for both: fewer, larger kernels
 
     def training_step(self, batch: SRBatch, batch_idx: int) -> Tensor:
         z_hr, z_lr = self.encode_pair(batch["hr"], batch[lr_key(self.scale)])
         generator = self.stream.generator(self.device, self.global_rank)
-        t = sample_timesteps(z_hr.shape[0], self.scheduler.config.num_train_timesteps, generator, self.device)
-        eps = torch.randn(z_hr.shape, generator=generator, device=self.device, dtype=z_hr.dtype)  # (B, 4, h, w)
+        t = sample_timesteps(
+            z_hr.shape[0], self.scheduler.config.num_train_timesteps, generator, self.device, self.last_timestep_prob
+        )
+        eps = torch.randn(z_hr.shape, generator=generator, device=self.device, dtype=torch.float32)  # (B, 4, h, w)
         loss = denoising_loss(
             self.denoiser, z_hr, z_lr, t, eps, self.alphas_cumprod, self.prediction_type, self.loss_weighting
         )

@@ -13,11 +13,14 @@ from yonos.diffusion import (
     add_noise,
     ddim_sample,
     make_scheduler,
+    parameterisation_mismatch,
     predict_x0,
+    sample_timesteps,
+    snr,
     training_target,
     x0_loss_weight,
 )
-from yonos.losses import denoising_loss
+from yonos.losses import denoising_loss, weighted_x0_loss
 
 PREDICTION_TYPES = ("v_prediction", "epsilon", "sample")
 
@@ -150,3 +153,65 @@ def test_one_plus_snr_weighted_x0_loss_equals_v_mse(latents):
     assert torch.equal(weights, torch.ones(4))
     with pytest.raises(ValueError, match="weighting"):
         x0_loss_weight(alphas_cumprod, t, "nope")  # type: ignore[arg-type]
+
+
+def _per_sample_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a - b).pow(2).mean(dim=(1, 2, 3))
+
+
+def _x0_error_and_output_errors(latents, prediction_type):
+    """The x0 prediction of a stand-in network and the per-sample MSE of its raw output against the target."""
+    z_0, eps, t = (x.float() if x.is_floating_point() else x for x in latents)
+    alphas_cumprod = make_scheduler(prediction_type=prediction_type).alphas_cumprod
+    z_t = add_noise(z_0, eps, t, alphas_cumprod)
+    output = _fake_network(z_t, t)
+    x0_pred = predict_x0(output, z_t, t, alphas_cumprod, prediction_type)
+    output_mse = _per_sample_mse(output, training_target(z_0, eps, t, alphas_cumprod, prediction_type))
+    return x0_pred, z_0, t, alphas_cumprod, output_mse
+
+
+def test_snr_weighting_equals_the_mse_on_eps(latents):
+    x0_pred, z_0, t, alphas_cumprod, eps_mse = _x0_error_and_output_errors(latents, "epsilon")
+    loss = weighted_x0_loss(x0_pred, z_0, t, alphas_cumprod, "snr")
+    assert_close(loss, eps_mse.mean(), rtol=1e-3, atol=0)
+
+
+def test_min_snr_5_is_min_snr_gamma_in_x0_space(latents):
+    """Hang et al. 2023: w = min(SNR, gamma) on x0, i.e. min(SNR, gamma) / (SNR + 1) on v."""
+    x0_pred, z_0, t, alphas_cumprod, v_mse = _x0_error_and_output_errors(latents, "v_prediction")
+    ratio = snr(alphas_cumprod, t)
+    assert ratio[0] > 5 > ratio[-1]  # t = 0 is clipped at gamma, t = 999 is not
+    weights = x0_loss_weight(alphas_cumprod, t, "min_snr_5")
+    assert_close(weights, torch.minimum(ratio, torch.tensor(5.0)))
+    assert weights[0].item() == 5.0 and weights[-1].item() == pytest.approx(ratio[-1].item())
+    loss = weighted_x0_loss(x0_pred, z_0, t, alphas_cumprod, "min_snr_5")
+    assert_close(loss, (torch.minimum(ratio, torch.tensor(5.0)) / (ratio + 1) * v_mse).mean(), rtol=1e-3, atol=0)
+
+
+def test_last_timestep_prob_trains_the_one_step_timestep_explicitly():
+    uniform = sample_timesteps(4000, 1000, torch.Generator().manual_seed(0), torch.device("cpu"))
+    again = sample_timesteps(4000, 1000, torch.Generator().manual_seed(0), torch.device("cpu"), 0.0)
+    assert torch.equal(uniform, again)  # the default draws exactly what it always did
+    assert (uniform == 999).float().mean() < 0.005
+    biased = sample_timesteps(4000, 1000, torch.Generator().manual_seed(0), torch.device("cpu"), 0.25)
+    share = (biased == 999).float().mean().item()
+    assert 0.22 < share < 0.28
+    others = biased != 999
+    assert torch.equal(biased[others], uniform[others])  # the rest stays uniform
+    assert torch.equal(sample_timesteps(8, 1000, torch.Generator(), torch.device("cpu"), 1.0), torch.full((8,), 999))
+    with pytest.raises(ValueError, match="last_timestep_prob"):
+        sample_timesteps(8, 1000, torch.Generator(), torch.device("cpu"), 1.5)
+
+
+def test_parameterisation_mismatch_with_the_base_model_is_explained():
+    assert parameterisation_mismatch({"prediction_type": "v_prediction"}, "v_prediction") is None
+    assert parameterisation_mismatch({}, "v_prediction") is None
+    message = parameterisation_mismatch({"prediction_type": "epsilon"}, "v_prediction")
+    assert "model.prediction_type = 'v_prediction'" in message and "'epsilon'" in message
+    # The fact behind the warning: SD 2.1-base's eps network read as v at t = 999 gives x0 ~ -0.93 z_t.
+    alphas_cumprod = make_scheduler().alphas_cumprod
+    z_t = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([999])
+    perfect_eps = z_t  # at t = 999 z_t is almost pure noise: the ideal eps output is ~z_t
+    x0_read_as_v = predict_x0(perfect_eps, z_t, t, alphas_cumprod, "v_prediction")
+    assert_close(x0_read_as_v, -0.93 * z_t, rtol=0.01, atol=1e-3)

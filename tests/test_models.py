@@ -11,6 +11,7 @@ from diffusers import UNet2DConditionModel
 from torch.testing import assert_close
 
 from yonos.models import (
+    UNET_PRESETS,
     BackboneConfig,
     LatentCodec,
     SRDenoiser,
@@ -85,8 +86,26 @@ def test_pretrained_folder_builds_both_components(sd_folder: Path):
     codec = build_codec(config)
     assert_close(codec.vae.decoder.conv_out.weight, LatentCodec.from_pretrained(str(sd_folder)).vae.decoder.conv_out.weight)
     assert scheduler_source(config) == str(sd_folder / "scheduler")
-    # No text encoder in the folder: the stored empty-prompt embedding is zeros of the UNet's context width.
+    # No text encoder in a folder of a small test UNet: the stored empty-prompt embedding is zeros of its width.
     assert torch.count_nonzero(build_denoiser(config).prompt_embeds) == 0
+
+
+def test_a_real_sized_unet_without_text_encoder_is_an_error_unless_zeros_are_chosen(sd_folder: Path, tmp_path: Path):
+    """SD's cross-attention was trained on the real empty-prompt embedding: a silent all-zero context is refused."""
+    root = _broken_copy(sd_folder, tmp_path)
+    shutil.rmtree(root / "unet")
+    torch.manual_seed(0)
+    UNet2DConditionModel(in_channels=4, out_channels=4, **{**UNET_PRESETS["tiny"], "cross_attention_dim": 1024}).save_pretrained(
+        root / "unet"
+    )
+    with pytest.raises(FileNotFoundError, match=r"text_encoder/config.json.*zero_prompt_embedding: true"):
+        build_denoiser(BackboneConfig(pretrained=str(root)))
+    denoiser = build_denoiser(BackboneConfig(pretrained=str(root), zero_prompt_embedding=True))
+    assert denoiser.prompt_embeds.shape == (1, 77, 1024) and torch.count_nonzero(denoiser.prompt_embeds) == 0
+    (root / "text_encoder").mkdir()
+    (root / "text_encoder" / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="no tokenizer/"):
+        build_denoiser(BackboneConfig(pretrained=str(root)))
 
 
 def test_state_dict_round_trip_keeps_the_prompt_embedding(tmp_path: Path):

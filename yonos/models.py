@@ -71,6 +71,10 @@ class BackboneConfig:
     """Architecture with random weights when `pretrained` is None: `tiny` (tests, demo) or `sd21-base`."""
     revision: str | None = None
     """Hub revision, for hub ids only."""
+    zero_prompt_embedding: bool = False
+    """Opt in to an all-zero text context when `pretrained` has no text_encoder/. A UNet with a CLIP-sized
+    cross-attention (768 or more: every SD 1.x / 2.x) was trained on the real empty-prompt embedding and never saw
+    zeros, so without this flag such a folder is an error; smaller (test) UNets get zeros anyway."""
 
 
 def _is_local(name: str) -> bool:
@@ -131,15 +135,35 @@ def widen_conv_in(unet: UNet2DConditionModel, in_channels: int = 8) -> UNet2DCon
     return unet
 
 
-def empty_prompt_embedding(root: Path | str | None, cross_attention_dim: int, revision: str | None = None) -> Tensor:
-    """The text encoder's output for the empty prompt, (1, 77, D); zeros when the folder has no text encoder.
+CLIP_CONTEXT_WIDTH = 768
+"""The smallest text-encoder width of Stable Diffusion (CLIP ViT-L/14; SD 2.x's OpenCLIP ViT-H/14 is 1024). A UNet
+whose cross-attention is at least this wide is taken to be a real SD UNet, trained on CLIP text embeddings."""
 
-    Computed once at build time and stored with the denoiser, so training and inference never need CLIP.
+
+def empty_prompt_embedding(
+    root: Path | str | None, cross_attention_dim: int, revision: str | None = None, allow_zeros: bool = False
+) -> Tensor:
+    """The text encoder's output for the empty prompt, (1, 77, D), computed once at build time and stored with the
+    denoiser, so training and inference never need CLIP.
+
+    A local folder without ``text_encoder/`` gives zeros only for small (test) UNets or with ``allow_zeros``; for a
+    real SD UNet (``cross_attention_dim`` >= 768) it is an error naming what is missing.
     """
     local = root is not None and _is_local(str(root))
-    has_text = root is not None and (not local or (Path(root).expanduser() / "text_encoder" / "config.json").is_file())
+    folder = Path(root).expanduser() if local else None
+    has_text = root is not None and (not local or (folder / "text_encoder" / "config.json").is_file())
     if not has_text:
+        if cross_attention_dim >= CLIP_CONTEXT_WIDTH and not allow_zeros:
+            raise FileNotFoundError(
+                f"{root}: missing text_encoder/config.json (and tokenizer/). This UNet's cross-attention "
+                f"({cross_attention_dim} wide) was trained on the text encoder's empty-prompt embedding, which yonos "
+                "computes once and stores; an all-zero context is not what it saw. Download the whole model folder "
+                "(hf download REPO --local-dir DIR, text_encoder/ and tokenizer/ included) or set "
+                "model.init_args.backbone.zero_prompt_embedding: true to use zeros knowingly."
+            )
         return torch.zeros(1, PROMPT_LENGTH, cross_attention_dim)
+    if local and not (folder / "tokenizer").is_dir():
+        raise FileNotFoundError(f"{root}: has text_encoder/ but no tokenizer/; download the whole model folder")
     try:
         from transformers import CLIPTextModel, CLIPTokenizer
     except ImportError as err:
@@ -147,7 +171,7 @@ def empty_prompt_embedding(root: Path | str | None, cross_attention_dim: int, re
             f"{root} has a text encoder; computing the stored empty-prompt embedding needs `transformers` "
             "(pip install 'yonos[sd]')"
         ) from err
-    source = Path(root).expanduser() if local else root
+    source = folder if local else root
     extra = {} if local else {"revision": revision}
     tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **extra)
     text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **extra).eval()
@@ -194,12 +218,13 @@ class SRDenoiser(nn.Module):
         return cls(unet, torch.zeros(1, PROMPT_LENGTH, unet.config.cross_attention_dim))
 
     @classmethod
-    def from_pretrained(cls, name: str, revision: str | None = None) -> "SRDenoiser":
-        """From an SD folder or hub id: ``unet/`` with conv_in widened 4 -> 8, and the empty-prompt embedding."""
+    def from_pretrained(cls, name: str, revision: str | None = None, zero_prompt_embedding: bool = False) -> "SRDenoiser":
+        """From an SD folder or hub id: ``unet/`` with conv_in widened 4 -> 8, and the empty-prompt embedding
+        (zeros only as :func:`empty_prompt_embedding` allows)."""
         unet = _load(UNet2DConditionModel, name, "unet", revision)
         if unet.config.in_channels == 4:
             unet = widen_conv_in(unet, 8)
-        embedding = empty_prompt_embedding(name, unet.config.cross_attention_dim, revision)
+        embedding = empty_prompt_embedding(name, unet.config.cross_attention_dim, revision, zero_prompt_embedding)
         return cls(unet, embedding)
 
 
@@ -262,7 +287,7 @@ class LatentCodec(nn.Module):
 def build_denoiser(config: BackboneConfig) -> SRDenoiser:
     """The denoiser for a backbone config (pretrained folder / hub id, else the named preset)."""
     if config.pretrained:
-        return SRDenoiser.from_pretrained(config.pretrained, config.revision)
+        return SRDenoiser.from_pretrained(config.pretrained, config.revision, config.zero_prompt_embedding)
     return SRDenoiser.from_preset(config.preset)
 
 

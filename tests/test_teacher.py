@@ -12,7 +12,10 @@ from torch.utils.data import DataLoader
 
 from yonos.data import SRDataModule
 from yonos.degradations import bicubic_downsample
-from yonos.diffusion import add_noise, predict_x0
+from torch.testing import assert_close
+
+from yonos.degradations import upsample_to
+from yonos.diffusion import add_noise, predict_x0, sample_timesteps
 from yonos.losses import weighted_x0_loss
 from yonos.models import BackboneConfig
 from yonos.modules import TeacherModule
@@ -155,3 +158,48 @@ def test_invalid_arguments_name_the_key():
         _module(scale=0)
     with pytest.raises(ValueError, match="model.val_num_steps"):
         _module(val_num_steps=0)
+
+
+def test_mixed_precision_autocasts_only_the_network_latents_noise_targets_and_loss_stay_fp32():
+    """Under bf16 autocast (what trainer.precision bf16-mixed does) a bf16 z_hr would put a floor of ~6e-3 under
+    the loss of a perfect network; the VAE runs outside autocast and everything but the UNet stays float32."""
+    module = _module()
+    batch = _fixed_batch()
+    seen = []
+    forward = module.denoiser.forward
+
+    def spy(z_t, z_lr, t):
+        output = forward(z_t, z_lr, t)
+        seen.append((z_t, z_lr, t, output))
+        return output
+
+    module.denoiser.forward = spy
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = module.training_step(batch, 0)
+    (z_t, z_lr, t, output), = seen
+    assert output.dtype == torch.bfloat16  # the network itself does run under autocast
+    assert z_t.dtype == z_lr.dtype == loss.dtype == torch.float32
+    # The same values as a float32 computation outside autocast.
+    with torch.no_grad():
+        z_hr_ref = module.codec.encode(batch["hr"])
+        z_lr_ref = module.codec.encode(upsample_to(batch["lr_x2"], (32, 32)))
+    generator = torch.Generator().manual_seed(0)
+    t_ref = sample_timesteps(2, 1000, generator, torch.device("cpu"))
+    z_t_ref = add_noise(z_hr_ref, torch.randn(z_hr_ref.shape, generator=generator), t_ref, module.alphas_cumprod)
+    assert torch.equal(t, t_ref)
+    assert_close(z_lr, z_lr_ref, rtol=0, atol=1e-6)
+    assert_close(z_t, z_t_ref, rtol=0, atol=1e-6)
+    x0 = predict_x0(output.float(), z_t_ref, t, module.alphas_cumprod, "v_prediction")
+    assert_close(loss, weighted_x0_loss(x0, z_hr_ref, t, module.alphas_cumprod, "one_plus_snr"), rtol=1e-6, atol=0)
+
+
+def test_a_prediction_type_other_than_the_base_models_is_warned_about(sd_folder: Path):
+    """The tiny SD folder's scheduler says epsilon (as SD 2.1-base's does)."""
+    with pytest.warns(UserWarning, match=r"model.prediction_type = 'v_prediction' .*'epsilon'"):
+        _module(backbone=BackboneConfig(pretrained=str(sd_folder)), prediction_type="v_prediction")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        _module(backbone=BackboneConfig(pretrained=str(sd_folder)), prediction_type="epsilon")
+        _module(prediction_type="v_prediction")  # no base model, nothing to disagree with

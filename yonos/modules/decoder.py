@@ -1,6 +1,9 @@
 """Stage 3: decoder fine-tuning (method.md section 2.3). The distilled UNet and the VAE encoder are frozen; the
 one-step sampler produces the latent of each HR crop (fresh noise every step) and the VAE decoder learns to map
 that latent to the HR image with L1 + LPIPS and an optional PatchGAN hinge loss (the SD VAE recipe).
+
+The training LPIPS uses VGG (as the SD VAE recipe does) and validation reports AlexNet LPIPS (the field's
+convention), so the validation number is not the objective the decoder descends.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ class DecoderFinetuneModule(pl.LightningModule):
         num_steps: int = 1,
         l1_weight: float = 1.0,
         lpips_weight: float = 1.0,
-        lpips_net: LPIPSNet = "alex",
+        lpips_net: LPIPSNet = "vgg",
         random_lpips_backbone: bool = False,
         gan_weight: float = 0.0,
         gan_start_step: int = 0,
@@ -64,12 +67,14 @@ class DecoderFinetuneModule(pl.LightningModule):
             num_steps: DDIM steps of the sampler whose latents the decoder learns from (1 = YONOS-SR).
             l1_weight: weight of the pixel L1 loss.
             lpips_weight: weight of the LPIPS loss (0 disables it).
-            lpips_net: LPIPS backbone of the training loss; its pretrained weights must be available.
+            lpips_net: LPIPS backbone of the training loss (VGG, as the SD VAE recipe); its pretrained weights
+                must be available (vgg16-397923af.pth in $TORCH_HOME/hub/checkpoints offline).
             random_lpips_backbone: random LPIPS backbone (code-path tests only; not a perceptual loss).
             gan_weight: weight of the PatchGAN hinge loss, scaled by the adaptive weight; 0 turns the GAN off.
                 With the GAN on, the module optimises manually (decoder, then discriminator, each step).
             gan_start_step: training batch from which the GAN terms are used.
-            val_lpips_net: LPIPS backbone of validation, or none.
+            val_lpips_net: LPIPS backbone of validation (AlexNet: what papers report, and not the training
+                objective), or none.
             gradient_checkpointing: trade compute for VAE decoder activation memory.
             log_images: rows of (LR | SR | HR) logged per validation epoch.
             seed: seed of the sampler noise stream (seed + rank) and of validation noise.

@@ -82,6 +82,41 @@ def teacher_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def ema_teacher(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, torch.Tensor]]]:
+    """A tiny x2 teacher trained as every shipped yaml trains, with Lightning's EMAWeightAveraging (decay 0.5 here),
+    saved by ModelCheckpoint at its last step; returns the checkpoint and the live denoiser weights after each of
+    the three optimizer steps."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
+
+    from yonos.degradations import bicubic_downsample
+    from yonos.models import BackboneConfig
+    from yonos.modules import TeacherModule
+
+    live: list[dict[str, torch.Tensor]] = []
+
+    class RecordLiveWeights(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            live.append({k: v.detach().clone() for k, v in pl_module.denoiser.state_dict().items()})
+
+    root = tmp_path_factory.mktemp("ema-teacher")
+    torch.manual_seed(0)
+    module = TeacherModule(
+        backbone=BackboneConfig(preset="tiny"), scale=2, lpips_net="none", log_images=0,
+        optimizer=lambda params: torch.optim.AdamW(params, lr=1e-2),
+    )
+    images = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    batches = [{"hr": images[i : i + 2], "lr_x2": bicubic_downsample(images[i : i + 2], 2)} for i in (0, 2, 4)]
+    checkpoint = ModelCheckpoint(dirpath=root, save_last=True, every_n_train_steps=3)
+    trainer = pl.Trainer(
+        accelerator="cpu", max_steps=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=root, callbacks=[RecordLiveWeights(), EMAWeightAveraging(decay=0.5), checkpoint],
+    )
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
+    return root / "last.ckpt", live
+
+
+@pytest.fixture(scope="session")
 def import_basicsr():
     """``import_basicsr("basicsr.utils")``: a BasicSR 1.4.2 module, or a skip when BasicSR is not installed.
 

@@ -16,6 +16,7 @@ from yonos.degradations import bicubic_downsample, upsample_to
 from yonos.diffusion import add_noise, predict_x0, sample_timesteps, x0_loss_weight
 from yonos.models import BackboneConfig
 from yonos.modules import ScaleDistillModule, TeacherModule
+from yonos.modules.common import load_stage_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,6 +114,24 @@ def test_distillation_loss_is_the_weighted_distance_to_the_teachers_x0(teacher_c
     weight = x0_loss_weight(module.alphas_cumprod, e["t"], "one_plus_snr")
     expected = (weight * (x0["student"] - x0["teacher"]).pow(2).mean(dim=(1, 2, 3))).mean()
     assert_close(loss, expected, rtol=1e-4, atol=0)
+
+
+def test_an_ema_trained_teacher_hands_its_ema_weights_to_the_next_stages(ema_teacher):
+    """The shipped yamls train with EMA and the chain hands last.ckpt on: the next stage's teacher (and the
+    student's start) must be the EMA average, not the live weights."""
+    path, live = ema_teacher
+    assert len(live) == 3
+    # EMA with decay 0.5: a copy after step 1, then ema = 0.5 ema + 0.5 w.
+    ema = {k: 0.25 * live[0][k] + 0.25 * live[1][k] + 0.5 * live[2][k] for k in live[0]}
+    assert max((live[2][k] - ema[k]).abs().max().item() for k in ema) > 1e-3  # live and EMA weights are apart
+    checkpoint = torch.load(path, weights_only=True)
+    assert all(torch.equal(checkpoint["current_model_state"][f"denoiser.{k}"], v) for k, v in live[2].items())
+    module = _student(path)
+    for network in (module.teacher, module.student):
+        for key, value in network.state_dict().items():
+            assert_close(value, ema[key], rtol=1e-5, atol=1e-7)
+    decoder_source = load_stage_checkpoint(path, key="model.denoiser_ckpt")
+    assert all(torch.equal(v, module.teacher.state_dict()[k]) for k, v in decoder_source.denoiser.state_dict().items())
 
 
 def test_teacher_is_bit_identical_after_optimizer_steps(teacher_ckpt: Path):

@@ -1,6 +1,7 @@
 """Image degradations that make LR training inputs from HR crops (pure torch + kornia, no Lightning)."""
 
 from yonos.degradations.bicubic import bicubic_downsample, quantize_8bit, upsample_to
+from yonos.degradations.matlab import bicubic_matlab_downsample, bicubic_matlab_upsample, imresize
 from yonos.degradations.realesrgan import (
     PRESETS,
     DegradationStageConfig,
@@ -9,6 +10,7 @@ from yonos.degradations.realesrgan import (
     SecondStageConfig,
     StageParams,
     apply_realesrgan,
+    realesrgan_target,
     sample_realesrgan_params,
 )
 
@@ -21,7 +23,11 @@ __all__ = [
     "StageParams",
     "apply_realesrgan",
     "bicubic_downsample",
+    "bicubic_matlab_downsample",
+    "bicubic_matlab_upsample",
+    "imresize",
     "quantize_8bit",
+    "realesrgan_target",
     "sample_realesrgan_params",
     "upsample_to",
 ]

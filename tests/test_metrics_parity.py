@@ -125,8 +125,7 @@ def test_matches_basicsr_package(basicsr_metrics, name: str, kind: str, crop: in
 
 
 @pytest.mark.parametrize("name,kind,crop", _cases()[::3])
-def test_matches_pyiqa_package(name: str, kind: str, crop: int):
-    pyiqa = pytest.importorskip("pyiqa")
+def test_matches_pyiqa_package(pyiqa, name: str, kind: str, crop: int):
     hr = _photo(name, size=96)
     sr = _degraded(hr, kind)
     options = dict(test_y_channel=True, color_space="ycbcr", crop_border=crop, device="cpu")

@@ -1,6 +1,7 @@
 """Image degradations that make LR training inputs from HR crops (pure torch + kornia, no Lightning)."""
 
 from yonos.degradations.bicubic import bicubic_downsample, quantize_8bit, upsample_to
+from yonos.degradations.ops import usm_sharpen
 from yonos.degradations.matlab import bicubic_matlab_downsample, bicubic_matlab_upsample, imresize
 from yonos.degradations.realesrgan import (
     PRESETS,
@@ -30,4 +31,5 @@ __all__ = [
     "realesrgan_target",
     "sample_realesrgan_params",
     "upsample_to",
+    "usm_sharpen",
 ]

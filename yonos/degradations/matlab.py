@@ -58,17 +58,18 @@ def imresize(image: Tensor, scale: float, round_8bit: bool = True) -> Tensor:
         raise ValueError(f"scale must be positive, got {scale}")
     height, width = image.shape[-2:]
     out_h, out_w = math.ceil(height * scale - 1e-9), math.ceil(width * scale - 1e-9)
-    work = image.double()
+    work = image.double() * 255.0  # MATLAB resizes the uint8 values themselves
     # MATLAB's order: smaller scale first; with one scale for both, rows (height) first.
     rows = resize_matrix(height, out_h, scale, image.device)  # (out_h, H)
     cols = resize_matrix(width, out_w, scale, image.device)  # (out_w, W)
     work = _round(rows @ work, round_8bit)
     work = _round(work @ cols.T, round_8bit)
-    return work.to(image.dtype)
+    return (work / 255.0).to(image.dtype)
 
 
-def _round(image: Tensor, round_8bit: bool) -> Tensor:
-    return torch.round(image.clamp(0, 1) * 255.0) / 255.0 if round_8bit else image
+def _round(levels: Tensor, round_8bit: bool) -> Tensor:
+    """MATLAB's conversion to uint8: clamp, then round half away from zero (torch.round would round half to even)."""
+    return torch.floor(levels.clamp(0, 255) + 0.5) if round_8bit else levels
 
 
 def bicubic_matlab_downsample(hr: Tensor, scale: int) -> Tensor:

@@ -5,12 +5,13 @@ PY := $(VENV)/bin/python
 # A local build satisfying these pins installs from disk where the machine has one; elsewhere pip downloads it.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
-# The reference-parity tests run in a second virtualenv that sees $(VENV)'s packages and adds BasicSR and pyiqa.
+# The reference-parity tests run in a second virtualenv that sees $(VENV)'s packages and adds BasicSR, pyiqa and
+# clean-fid.
 PARITY_VENV ?= .venv-parity
-PARITY_PINS ?= basicsr==1.4.2 pyiqa==0.1.16
+PARITY_PINS ?= basicsr==1.4.2 pyiqa==0.1.16 clean-fid==0.1.35
 PARITY_TESTS ?= tests/test_degradations_parity.py tests/test_degradations_kernels.py \
 	tests/test_degradations_realesrgan.py tests/test_degradations_matlab.py tests/test_metrics_parity.py \
-	tests/test_metrics.py
+	tests/test_metrics.py tests/test_evaluate.py::test_iqa_weights_missing_offline_name_every_file
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo test test-parity clean

@@ -112,6 +112,12 @@ def import_basicsr():
 
 
 @pytest.fixture(scope="session")
+def import_reference():
+    """``import_reference("cleanfid.resize")``: a reference package's module, skipped or failed as above."""
+    return _import_reference
+
+
+@pytest.fixture(scope="session")
 def pyiqa():
     """The pyiqa package, or a skip when it is not installed (a failure under ``YONOS_REQUIRE_REFERENCES=1``)."""
     return _import_reference("pyiqa")

@@ -5,9 +5,16 @@ PY := $(VENV)/bin/python
 # A local build satisfying these pins installs from disk where the machine has one; elsewhere pip downloads it.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
+# The reference-parity tests run in a second virtualenv that sees $(VENV)'s packages and adds BasicSR, pyiqa and
+# clean-fid.
+PARITY_VENV ?= .venv-parity
+PARITY_PINS ?= basicsr==1.4.2 pyiqa==0.1.16 clean-fid==0.1.35
+PARITY_TESTS ?= tests/test_degradations_parity.py tests/test_degradations_kernels.py \
+	tests/test_degradations_realesrgan.py tests/test_degradations_matlab.py tests/test_metrics_parity.py \
+	tests/test_metrics.py tests/test_evaluate.py::test_iqa_weights_missing_offline_name_every_file
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test clean
+.PHONY: help install demo test test-parity clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -26,6 +33,20 @@ demo: install ## Train the tiny x2 teacher on the bundled sample photos (CPU, mi
 
 test: install ## Run the test suite (offline, CPU)
 	HF_HUB_OFFLINE=1 YONOS_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+# BasicSR 1.4.2 is an sdist whose setup.py imports torch: built without isolation against $(VENV)'s torch (an
+# isolated build would download a second torch). Its import of the removed torchvision.transforms.functional_tensor
+# is shimmed by the tests (tests/conftest.py), never in yonos/.
+$(PARITY_VENV)/.installed: $(VENV)/.installed
+	@test -x $(PARITY_VENV)/bin/python || $(PYTHON) -m venv $(PARITY_VENV)
+	echo "import site; site.addsitedir('$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')')" \
+		> "$$($(PARITY_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/yonos-base.pth"
+	$(PARITY_VENV)/bin/python -m pip install --quiet wheel setuptools
+	$(PARITY_VENV)/bin/python -m pip install --quiet --no-build-isolation $(PARITY_PINS)
+	@touch $@
+
+test-parity: $(PARITY_VENV)/.installed ## Run the reference-parity tests against BasicSR 1.4.2 and pyiqa (none may skip)
+	HF_HUB_OFFLINE=1 YONOS_OFFLINE=1 YONOS_REQUIRE_REFERENCES=1 $(PARITY_VENV)/bin/python -m pytest -q $(PARITY_TESTS)
 
 clean: ## Remove run outputs and caches (keeps the virtualenv and data/)
 	rm -rf outputs lightning_logs .pytest_cache

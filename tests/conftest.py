@@ -81,6 +81,16 @@ def teacher_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def _import_reference(module: str):
+    """A reference package's module, or a skip when it is not installed; with ``YONOS_REQUIRE_REFERENCES=1``
+    (``make test-parity``) a missing package fails the test instead, so a broken install cannot pass by skipping."""
+    if os.environ.get("YONOS_REQUIRE_REFERENCES") == "1":
+        import importlib
+
+        return importlib.import_module(module)
+    return pytest.importorskip(module)
+
+
 @pytest.fixture(scope="session")
 def ema_teacher(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, torch.Tensor]]]:
     """A tiny x2 teacher trained as every shipped yaml trains, with Lightning's EMAWeightAveraging (decay 0.5 here),
@@ -131,9 +141,21 @@ def import_basicsr():
             shim = types.ModuleType("torchvision.transforms.functional_tensor")
             shim.rgb_to_grayscale = functional.rgb_to_grayscale
             sys.modules["torchvision.transforms.functional_tensor"] = shim
-        return pytest.importorskip(module)
+        return _import_reference(module)
 
     return load
+
+
+@pytest.fixture(scope="session")
+def import_reference():
+    """``import_reference("cleanfid.resize")``: a reference package's module, skipped or failed as above."""
+    return _import_reference
+
+
+@pytest.fixture(scope="session")
+def pyiqa():
+    """The pyiqa package, or a skip when it is not installed (a failure under ``YONOS_REQUIRE_REFERENCES=1``)."""
+    return _import_reference("pyiqa")
 
 
 @pytest.fixture(scope="module")

@@ -96,3 +96,22 @@ def test_yaml_switch_trains_the_teacher_on_realesrgan_lr(tmp_path: Path, sample_
     assert cli.datamodule.degradation == "realesrgan" and cli.trainer.global_step == 2
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
     assert "val/psnr" in cli.trainer.callback_metrics
+
+
+def test_training_batches_get_the_usm_target_and_validation_keeps_the_plain_hr(hr_folder: Path):
+    from types import SimpleNamespace
+
+    from yonos.degradations import usm_sharpen
+
+    hr = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+    def batch_after(dm: SRDataModule, training: bool) -> dict:
+        dm.trainer = SimpleNamespace(training=training, global_rank=0)
+        return dm.on_after_batch_transfer({"hr": hr.clone(), "index": torch.arange(2)}, 0)
+
+    assert torch.equal(batch_after(_datamodule(hr_folder), training=True)["hr"], usm_sharpen(hr))
+    assert torch.equal(batch_after(_datamodule(hr_folder), training=False)["hr"], hr)
+    plain = _datamodule(hr_folder, realesrgan={"usm_target": False})
+    assert torch.equal(batch_after(plain, training=True)["hr"], hr)
+    bicubic = _datamodule(hr_folder, degradation="bicubic_matlab")
+    assert torch.equal(batch_after(bicubic, training=True)["hr"], hr)

@@ -13,7 +13,7 @@ from yonos.degradations.bicubic import bicubic_downsample
 from yonos.degradations.config import DegradationStageConfig, RealESRGANConfig
 from yonos.degradations.kernels import SINC, bivariate_gaussian, circular_lowpass_kernel, identity_kernel, pad_kernel
 from yonos.degradations.ops import add_gaussian_noise, add_poisson_noise, blur, jpeg, usm_sharpen
-from yonos.degradations.realesrgan import RealESRGANParams, apply_realesrgan, sample_realesrgan_params
+from yonos.degradations.realesrgan import RealESRGANParams, apply_realesrgan, realesrgan_target, sample_realesrgan_params
 
 B = 4
 
@@ -88,15 +88,17 @@ def lr(hr: torch.Tensor, params: RealESRGANParams, scale: int = 2) -> torch.Tens
 
 
 def test_jpeg_quality_100_is_near_identity_and_10_is_lossy():
-    smooth = image(2, 64, edges=False)
+    # Gray: the 4:2:0 chroma loss, which even quality 100 keeps, stays out.
+    smooth = image(2, 64, edges=False).mean(1, keepdim=True).expand(-1, 3, -1, -1)
     assert psnr(jpeg(smooth, torch.tensor([100.0, 100.0])), smooth) > 45
     coded = jpeg(smooth, torch.tensor([100.0, 10.0]))  # one quality per sample
     assert psnr(coded[:1], smooth[:1]) > 45
     assert psnr(coded[1:], smooth[1:]) < 35
     # Sizes that are not multiples of 16 are padded and cropped back by the codec.
-    odd = image(2, 64, edges=False)[..., :37, :50]
+    odd = smooth[..., :37, :50]
     out = jpeg(odd, torch.tensor([100.0, 10.0]))
     assert out.shape == odd.shape and psnr(out[:1], odd[:1]) > 45 and psnr(out[1:], odd[1:]) < 35
+    assert torch.isfinite(jpeg(image(1, 32), torch.tensor([100.0]))).all()  # zero steps: no division by zero
 
 
 def test_blur_delta_is_identity_and_tiny_images_are_accepted():
@@ -208,7 +210,7 @@ def test_scales_share_stage_one():
 
 
 def test_clean_params_give_the_area_downsample():
-    hr = image(edges=False)
+    hr = image(edges=False).mean(1, keepdim=True).expand(-1, 3, -1, -1)  # gray: quality 100 keeps the 4:2:0 loss
     assert psnr(lr(hr, clean_params(), 2), F.interpolate(hr, scale_factor=0.5, mode="area")) > 35
 
 
@@ -257,15 +259,28 @@ def test_pinned_noise_branches():
     assert 5 / 255 < stage1_noise.std() < 15 / 255  # halved by the final x2 area resize
 
 
-def test_no_degradation_gives_the_bicubic_downsample():
+def test_no_degradation_gives_the_bicubic_downsample_of_the_target():
+    """StableSR's ``lq = gt``: the sharpened HR with the USM target (the default), the plain HR without it."""
     hr = image()
     params = sample_realesrgan_params(RealESRGANConfig(), B, gen(2))
     flags = torch.tensor([True, False, True, False])
     out = apply_realesrgan(hr, pin(params, no_degradation=flags), (2, 4))
     plain = apply_realesrgan(hr, pin(params, no_degradation=~torch.ones(B, dtype=torch.bool)), (2, 4))
+    plain_target = apply_realesrgan(hr, pin(params, no_degradation=flags, usm_target=False), (2,))
+    assert params.use_usm and params.usm_target
     for scale in (2, 4):
-        assert torch.equal(out[scale][flags], bicubic_downsample(hr[flags], scale))
+        assert torch.equal(out[scale][flags], bicubic_downsample(usm_sharpen(hr[flags]), scale))
         assert torch.equal(out[scale][~flags], plain[scale][~flags])
+    assert torch.equal(plain_target[2][flags], bicubic_downsample(hr[flags], 2))
+    assert not torch.equal(plain_target[2][flags], out[2][flags])
+
+
+def test_training_target_is_the_sharpened_hr_unless_turned_off():
+    hr = image(2)
+    assert torch.equal(realesrgan_target(hr, RealESRGANConfig()), usm_sharpen(hr))
+    assert torch.equal(realesrgan_target(hr, RealESRGANConfig(usm_target=False)), hr)
+    assert torch.equal(realesrgan_target(hr, RealESRGANConfig(use_usm=False)), hr)  # nothing sharpened at all
+    assert RealESRGANConfig.from_preset("realesrgan").usm_target and RealESRGANConfig.from_preset("stablesr").usm_target
 
 
 def test_sampled_params_follow_configured_probabilities_and_ranges():

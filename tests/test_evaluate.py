@@ -259,8 +259,7 @@ def test_iqa_metrics_without_pyiqa_point_to_the_extra(monkeypatch):
         build_iqa_metric("dists")
 
 
-def test_iqa_weights_missing_offline_name_every_file(tmp_path: Path, monkeypatch):
-    pytest.importorskip("pyiqa")
+def test_iqa_weights_missing_offline_name_every_file(pyiqa, tmp_path: Path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setenv("YONOS_OFFLINE", "1")
     with pytest.raises(MissingWeightsError) as error:

@@ -125,8 +125,7 @@ def test_matches_basicsr_package(basicsr_metrics, name: str, kind: str, crop: in
 
 
 @pytest.mark.parametrize("name,kind,crop", _cases()[::3])
-def test_matches_pyiqa_package(name: str, kind: str, crop: int):
-    pyiqa = pytest.importorskip("pyiqa")
+def test_matches_pyiqa_package(pyiqa, name: str, kind: str, crop: int):
     hr = _photo(name, size=96)
     sr = _degraded(hr, kind)
     options = dict(test_y_channel=True, color_space="ycbcr", crop_border=crop, device="cpu")
@@ -134,3 +133,15 @@ def test_matches_pyiqa_package(name: str, kind: str, crop: int):
     expected_ssim = float(pyiqa.create_metric("ssim", **options)(sr, hr))
     assert float(psnr_y(sr, hr, crop)) == pytest.approx(expected_psnr, abs=PSNR_TOLERANCE_DB)
     assert float(ssim_y(sr, hr, crop, convention="pyiqa")) == pytest.approx(expected_ssim, abs=SSIM_TOLERANCE)
+
+
+def test_clean_fid_resize_matches_the_clean_fid_package(import_reference):
+    """The FID input of ``--fid-mode clean`` against clean-fid's own resizer (the one pyiqa's default mode uses)."""
+    from yonos.metrics import clean_fid_resize
+
+    resizer = import_reference("cleanfid.resize").make_resizer("PIL", False, "bicubic", (299, 299))
+    image = _photo("astronaut", size=96)  # (1, 3, 96, 96) on 8-bit levels
+    array = (image[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    expected = resizer(array)  # (299, 299, 3) float32
+    ours = clean_fid_resize(image)[0].permute(1, 2, 0).numpy().astype(np.float64)
+    assert np.abs(ours - expected).max() <= 0.5 + 1e-4

@@ -21,6 +21,7 @@ from torch.utils.data.distributed import DistributedSampler
 from yonos.degradations import RealESRGANConfig
 from yonos.degradations.batch import degrade_bicubic, degrade_realesrgan
 from yonos.degradations.config import PresetName
+from yonos.degradations.realesrgan import realesrgan_target
 from yonos.images import list_images, read_rgb
 
 LATENT_FACTOR = 8  # the SD VAE's downsampling factor
@@ -248,7 +249,7 @@ class SRDataModule(pl.LightningDataModule):
         hr_size: int = 512,
         val_hr_size: int | None = None,
         scales: list[int] = [2],  # noqa: B006 - jsonargparse needs a literal default for --help
-        degradation: Literal["bicubic", "realesrgan"] = "bicubic",
+        degradation: Literal["bicubic", "bicubic_matlab", "realesrgan"] = "bicubic",
         preset: PresetName = "stablesr",
         realesrgan: dict[str, Any] | None = None,
         shared_degradation: bool = True,
@@ -267,8 +268,10 @@ class SRDataModule(pl.LightningDataModule):
             hr_size: training crop side in pixels; a multiple of 8 x every scale.
             val_hr_size: validation centre-crop side (default: hr_size).
             scales: LR scales to produce, as batch keys lr_x{s}.
-            degradation: how LR images are made from HR crops: antialiased bicubic, or Real-ESRGAN's
-                second-order pipeline on the batch's device.
+            degradation: how LR images are made from HR crops: torch's antialiased bicubic, MATLAB ``imresize``
+                bicubic (``bicubic_matlab``, the classic tables' LR), or Real-ESRGAN's second-order pipeline on the
+                batch's device (training batches then get the USM-sharpened HR as ``hr`` unless
+                ``realesrgan: {usm_target: false}``).
             preset: Real-ESRGAN parameter preset (``stablesr``: StableSR's weakened version, the default of this
                 project; ``realesrgan``: Real-ESRGAN x4plus).
             realesrgan: overrides of the preset, keys as in ``RealESRGANConfig`` (e.g. ``{stage1: {blur_sigma:
@@ -396,8 +399,8 @@ class SRDataModule(pl.LightningDataModule):
     def degrade(self, hr: Tensor, index: Tensor | None, training: bool) -> dict[int, Tensor]:
         """LR images for every configured scale: training draws from the rank's stream, evaluation from the
         per-sample generators, so evaluation LR images do not depend on batch size or world size."""
-        if self.degradation == "bicubic":
-            return degrade_bicubic(hr, self.scales)
+        if self.degradation in ("bicubic", "bicubic_matlab"):
+            return degrade_bicubic(hr, self.scales, matlab=self.degradation == "bicubic_matlab")
         if self.degradation == "realesrgan":
             if training or index is None:
                 generators = [self._training_generator(hr.device)]
@@ -416,6 +419,8 @@ class SRDataModule(pl.LightningDataModule):
             lr_images = self.degrade(batch["hr"], batch.get("index"), training)
             for scale in missing:
                 batch[lr_key(scale)] = lr_images[scale]
+            if training and self.realesrgan_config is not None:
+                batch["hr"] = realesrgan_target(batch["hr"], self.realesrgan_config)
         return batch
 
     # The training stream's position, saved in checkpoints so a resumed run continues it.

@@ -11,6 +11,11 @@ DDIM steps into one plot (the paper's Fig. 3)::
     yonos evaluate --model distilled.ckpt --label distilled --model direct.ckpt --label direct \\
         --data DIV2K_valid_HR --degradation bicubic --scale 4 --steps 1,2,4,8,16,50,200 --metrics fid,lpips --out results/fig3
 
+Baselines and SR images made elsewhere sit beside the models as rows of the same tables::
+
+    yonos evaluate --model bicubic --model results/osediff_sr --model student.ckpt --data Set5/hr_lr --crop-border 4 \
+        --out results/set5
+
 The metric code is ``yonos.metrics``; the loop and reports are ``yonos.evaluation``.
 """
 
@@ -21,10 +26,11 @@ import sys
 from typing import get_args
 
 from yonos.degradations.config import PresetName
+from yonos.evaluation.data import Degradation
 from yonos.evaluation.models import ColorFix
 from yonos.evaluation.runner import EvalConfig, evaluate
 from yonos.evaluation.scoring import DEFAULT_METRICS, METRICS, parse_metrics
-from yonos.metrics import MissingWeightsError
+from yonos.metrics import FIDMode, GrayConvention, MissingWeightsError
 
 
 def _steps(text: str) -> list[int]:
@@ -47,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         action="append",
         required=True,
-        help="stage checkpoint (.ckpt) or pipeline folder (model_index.json); repeat to compare",
+        help="stage checkpoint (.ckpt), pipeline folder (model_index.json), folder of SR images named like the test "
+        "images (scored as they are), or a baseline: bicubic (MATLAB imresize) or lanczos; repeat to compare",
     )
     add("--label", action="append", help="name of each --model in tables and plots (default: its file name)")
     add("--data", required=True, help="paired folder (gt/+lq/ or hr/+lr/) or HR-only folder of images")
@@ -63,7 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--color-fix", default="none", choices=get_args(ColorFix), help="colour correction of the SR output")
     add("--crop-border", type=int, default=0, help="pixels cropped from each border before PSNR/SSIM (often = scale)")
     add("--scale", type=int, default=None, help="SR factor (default: the HR/LR size ratio of a paired folder, else the model's)")
-    add("--degradation", default="bicubic", choices=["bicubic", "realesrgan"], help="HR-only folders: how LR images are made")
+    add(
+        "--degradation",
+        default="bicubic",
+        choices=get_args(Degradation),
+        help="HR-only folders: how LR images are made (bicubic_matlab: MATLAB imresize, as the classic tables' LR)",
+    )
     add("--preset", default="stablesr", choices=get_args(PresetName), help="Real-ESRGAN parameter preset")
     add("--degradation-seed", type=int, default=0, help="HR-only folders: seed of the synthetic LR images (fixed, cached)")
     add("--lr-cache", default=None, help="folder of cached synthetic LR images (default: <out>/lr_cache)")
@@ -74,6 +86,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="pipeline checks only: LPIPS with a random backbone (reported under another name)",
     )
     add("--ssim-convention", default="basicsr", choices=["basicsr", "pyiqa"], help="SSIM reference whose Y handling to follow")
+    add(
+        "--fid-mode",
+        default="clean",
+        choices=get_args(FIDMode),
+        help="FID's resize to 299: clean (PIL bicubic, clean-fid / pyiqa default, the peers' tables) or legacy (TF1 bilinear)",
+    )
+    add(
+        "--gray-convention",
+        default="own",
+        choices=get_args(GrayConvention),
+        help="PSNR/SSIM-Y of one-channel HR images: own (their gray values, the classic tables) or rgb_y (Y of the RGB copy)",
+    )
     add(
         "--skip-unavailable",
         action="store_true",
@@ -104,6 +128,8 @@ def config_from_args(argv: list[str]) -> EvalConfig:
         lpips_net=args.lpips_net,
         random_lpips_backbone=args.random_lpips_backbone,
         ssim_convention=args.ssim_convention,
+        fid_mode=args.fid_mode,
+        gray_convention=args.gray_convention,
         skip_unavailable=args.skip_unavailable,
         device=args.device,
     )

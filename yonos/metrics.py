@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -23,6 +24,9 @@ from yonos.degradations import quantize_8bit
 LPIPSNet = Literal["alex", "vgg"]
 _PYIQA_URL = "https://huggingface.co/chaofengc/IQA-PyTorch-Weights/resolve/main"
 SSIMConvention = Literal["basicsr", "pyiqa"]
+GrayConvention = Literal["own", "rgb_y"]
+FIDMode = Literal["clean", "legacy"]
+FID_SIZE = 299
 IQAName = Literal["dists", "niqe", "musiq", "maniqa", "clipiqa"]
 
 # torchvision weights that lpips loads for its backbones, and torch-fidelity's Inception for FID.
@@ -65,14 +69,32 @@ def rgb_to_y(image: Tensor) -> Tensor:
     return 16.0 + (image * weights).sum(dim=1, keepdim=True)
 
 
-def _prepare(sr: Tensor, hr: Tensor, crop_border: int, round_y: bool = False) -> tuple[Tensor, Tensor]:
+def gray_levels(image: Tensor) -> Tensor:
+    """The gray value of an image on the [0, 255] scale, (B, 1, H, W): a 1-channel image itself, else its full-range
+    BT.601 luma (Y - 16) * 255 / 219, which equals R = G = B for an RGB copy of a gray image."""
+    if image.shape[1] == 1:
+        return image * 255.0
+    return (rgb_to_y(image) - 16.0) * (255.0 / 219.0)
+
+
+def _prepare(
+    sr: Tensor, hr: Tensor, crop_border: int, round_y: bool = False, gray: GrayConvention = "own"
+) -> tuple[Tensor, Tensor]:
     """8-bit SR (as it would be written to disk), the Y channel of both, borders cropped; float64.
 
-    ``round_y`` rounds Y to integers, as pyiqa's SSIM does (its ``to_y_channel`` at data range 255).
+    ``round_y`` rounds Y to integers, as pyiqa's SSIM does (its ``to_y_channel`` at data range 255). A 1-channel
+    (gray) HR image is compared on its own values with ``gray="own"`` (the classic tables: MATLAB scripts take Y
+    only of 3-channel images), or as the Y of its RGB copy with ``gray="rgb_y"`` (16 + 219 / 255 of its values:
+    PSNR about 1.3 dB higher).
     """
-    if sr.shape != hr.shape:
+    if sr.shape[0] != hr.shape[0] or sr.shape[-2:] != hr.shape[-2:] or (hr.shape[1] != 1 and sr.shape != hr.shape):
         raise ValueError(f"SR {tuple(sr.shape)} and HR {tuple(hr.shape)} differ in shape")
-    sr_y, hr_y = rgb_to_y(quantize_8bit(sr).double()), rgb_to_y(quantize_8bit(hr).double())
+    sr, hr = quantize_8bit(sr).double(), quantize_8bit(hr).double()
+    if hr.shape[1] == 1 and gray == "own":
+        sr_y, hr_y = gray_levels(sr), gray_levels(hr)
+    else:
+        sr_y = rgb_to_y(sr.expand(-1, 3, -1, -1))
+        hr_y = rgb_to_y(hr.expand(-1, 3, -1, -1))
     if round_y:
         sr_y, hr_y = sr_y.round(), hr_y.round()
     if crop_border > 0:
@@ -81,10 +103,10 @@ def _prepare(sr: Tensor, hr: Tensor, crop_border: int, round_y: bool = False) ->
     return sr_y, hr_y
 
 
-def psnr_y(sr: Tensor, hr: Tensor, crop_border: int = 0) -> Tensor:
+def psnr_y(sr: Tensor, hr: Tensor, crop_border: int = 0, gray: GrayConvention = "own") -> Tensor:
     """PSNR in dB on the Y channel, per image (B,), as BasicSR's ``calculate_psnr(test_y_channel=True)`` (and pyiqa's
-    ``psnr(test_y_channel=True, color_space='ycbcr')``, which agrees to 1e-4 dB)."""
-    sr_y, hr_y = _prepare(sr, hr, crop_border)
+    ``psnr(test_y_channel=True, color_space='ycbcr')``, which agrees to 1e-4 dB). A 1-channel HR: see ``_prepare``."""
+    sr_y, hr_y = _prepare(sr, hr, crop_border, gray=gray)
     mse = (sr_y - hr_y).pow(2).mean(dim=(1, 2, 3))
     return (10.0 * torch.log10(255.0**2 / mse.clamp_min(1e-10))).float()
 
@@ -119,14 +141,16 @@ def ssim_map(x: Tensor, y: Tensor, data_range: float = 255.0, clip_contrast: boo
     return (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1) * contrast_structure
 
 
-def ssim_y(sr: Tensor, hr: Tensor, crop_border: int = 0, convention: SSIMConvention = "basicsr") -> Tensor:
+def ssim_y(
+    sr: Tensor, hr: Tensor, crop_border: int = 0, convention: SSIMConvention = "basicsr", gray: GrayConvention = "own"
+) -> Tensor:
     """SSIM on the Y channel, per image (B,).
 
     ``basicsr``: BasicSR's ``calculate_ssim(test_y_channel=True)`` (float Y). ``pyiqa``: pyiqa's
     ``ssim(test_y_channel=True, color_space='ycbcr')`` (Y rounded to integers, negative contrast terms clipped);
     the two differ by about 0.001 on photos.
     """
-    sr_y, hr_y = _prepare(sr, hr, crop_border, round_y=convention == "pyiqa")
+    sr_y, hr_y = _prepare(sr, hr, crop_border, round_y=convention == "pyiqa", gray=gray)
     return ssim_map(sr_y, hr_y, clip_contrast=convention == "pyiqa").mean(dim=(1, 2, 3)).float()
 
 
@@ -200,22 +224,64 @@ def lpips_distance(model: nn.Module, sr: Tensor, hr: Tensor) -> Tensor:
     return model(sr * 2.0 - 1.0, hr * 2.0 - 1.0, normalize=False).flatten()
 
 
-def build_fid(feature: int | nn.Module = 2048, reset_real_features: bool = True) -> nn.Module:
+def clean_fid_resize(images: Tensor) -> Tensor:
+    """clean-fid's (and pyiqa's default ``clean`` mode) Inception input: each channel of the 8-bit image resized to
+    299 x 299 by PIL's bicubic filter in float ('F' mode), clipped to [0, 255]; then rounded to uint8, as torchmetrics'
+    Inception only takes uint8 (clean-fid keeps the floats: the two differ by this rounding alone).
+
+    Args:
+        images: (B, 3, H, W) in [0, 1]. Returns (B, 3, 299, 299) uint8 on the same device.
+    """
+    from PIL import Image
+
+    levels = torch.round(images.detach().clamp(0, 1) * 255.0).cpu().numpy().astype("float32")  # (B, 3, H, W)
+    resized = [
+        [np.asarray(Image.fromarray(channel, mode="F").resize((FID_SIZE, FID_SIZE), Image.BICUBIC)) for channel in image]
+        for image in levels
+    ]
+    out = torch.from_numpy(np.clip(np.array(resized), 0, 255))
+    return torch.round(out).to(torch.uint8).to(images.device)
+
+
+class CleanResizeFID(nn.Module):
+    """A torchmetrics FID fed clean-fid's PIL-bicubic 299 px inputs (its own TF1-style bilinear resize is then the
+    identity); ``update``/``compute``/``reset`` as torchmetrics'."""
+
+    def __init__(self, fid: nn.Module) -> None:
+        super().__init__()
+        self.fid = fid
+
+    def update(self, images: Tensor, real: bool) -> None:
+        self.fid.update(clean_fid_resize(images), real=real)
+
+    def compute(self) -> Tensor:
+        return self.fid.compute()
+
+    def reset(self) -> None:
+        self.fid.reset()
+
+
+def build_fid(feature: int | nn.Module = 2048, reset_real_features: bool = True, mode: FIDMode = "clean") -> nn.Module:
     """torchmetrics' FrechetInceptionDistance with torch-fidelity's Inception weights (or a custom feature net).
 
-    Inputs are float images in [0, 1]. ``reset_real_features=False`` keeps the reference statistics across
-    ``reset()``, so one set of HR features serves several SR folders.
+    Inputs are float images in [0, 1]. ``mode``: ``clean`` resizes them to 299 as clean-fid / pyiqa's default do
+    (:func:`clean_fid_resize`), the peers' convention; ``legacy`` leaves the resize to torch-fidelity (TF1 bilinear,
+    pyiqa's ``legacy_tensorflow``). Same network either way. ``reset_real_features=False`` keeps the reference
+    statistics across ``reset()``, so one set of HR features serves several SR folders.
     """
     from torchmetrics.image.fid import FrechetInceptionDistance
 
+    if mode not in ("clean", "legacy"):
+        raise ValueError(f"--fid-mode: unknown mode {mode!r}; choose clean or legacy")
     if isinstance(feature, int):
         require_weights("fid-inception")
     try:
-        return FrechetInceptionDistance(feature=feature, normalize=True, reset_real_features=reset_real_features)
+        fid = FrechetInceptionDistance(feature=feature, normalize=mode == "legacy", reset_real_features=reset_real_features)
     except Exception as err:
         if isinstance(feature, nn.Module):
             raise
         raise _missing("fid-inception", f"download failed: {type(err).__name__}: {err}") from err
+    return CleanResizeFID(fid) if mode == "clean" else fid
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,8 @@
 """Image degradations that make LR training inputs from HR crops (pure torch + kornia, no Lightning)."""
 
 from yonos.degradations.bicubic import bicubic_downsample, quantize_8bit, upsample_to
+from yonos.degradations.ops import usm_sharpen
+from yonos.degradations.matlab import bicubic_matlab_downsample, bicubic_matlab_upsample, imresize
 from yonos.degradations.realesrgan import (
     PRESETS,
     DegradationStageConfig,
@@ -9,6 +11,7 @@ from yonos.degradations.realesrgan import (
     SecondStageConfig,
     StageParams,
     apply_realesrgan,
+    realesrgan_target,
     sample_realesrgan_params,
 )
 
@@ -21,7 +24,12 @@ __all__ = [
     "StageParams",
     "apply_realesrgan",
     "bicubic_downsample",
+    "bicubic_matlab_downsample",
+    "bicubic_matlab_upsample",
+    "imresize",
     "quantize_8bit",
+    "realesrgan_target",
     "sample_realesrgan_params",
     "upsample_to",
+    "usm_sharpen",
 ]

@@ -1,5 +1,5 @@
 """Degrading a whole batch into LR images at several scales: the entry points the data module and the evaluator
-call (bicubic, or Real-ESRGAN with one generator per batch or per sample). Pure torch, no Lightning."""
+call (bicubic, MATLAB bicubic, or Real-ESRGAN with one generator per batch or per sample). Pure torch, no Lightning."""
 
 from __future__ import annotations
 
@@ -7,13 +7,16 @@ import torch
 from torch import Tensor
 
 from yonos.degradations.bicubic import bicubic_downsample
+from yonos.degradations.matlab import bicubic_matlab_downsample
 from yonos.degradations.config import RealESRGANConfig
 from yonos.degradations.realesrgan import apply_realesrgan, sample_realesrgan_params
 
 
-def degrade_bicubic(hr: Tensor, scales: list[int]) -> dict[int, Tensor]:
-    """Bicubic LR images of a batch for each scale (deterministic)."""
-    return {scale: bicubic_downsample(hr, scale) for scale in scales}
+def degrade_bicubic(hr: Tensor, scales: list[int], matlab: bool = False) -> dict[int, Tensor]:
+    """Bicubic LR images of a batch for each scale (deterministic): torch's antialiased bicubic, or with ``matlab``
+    MATLAB ``imresize`` (the classic tables' LR)."""
+    downsample = bicubic_matlab_downsample if matlab else bicubic_downsample
+    return {scale: downsample(hr, scale) for scale in scales}
 
 
 def degrade_realesrgan(

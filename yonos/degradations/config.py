@@ -119,10 +119,16 @@ class RealESRGANConfig:
     """Second degradation, applied at a size relative to each scale's LR size."""
     use_usm: bool = True
     """Sharpen the HR image with unsharp masking (radius 50, weight 0.5, threshold 10/255) before stage 1."""
+    usm_target: bool = True
+    """With ``use_usm``, train against the sharpened HR as well (the reference recipes: Real-ESRGAN x4plus's pixel and
+    perceptual losses use the sharpened GT, StableSR sharpens its GT before degrading it); false keeps the plain HR
+    as the target while the LR still comes from the sharpened one. Training batches only: validation scores against
+    the plain HR."""
     final_sinc_prob: float = 0.8
     """Probability of the final sinc filter (else identity) applied with the last resize."""
     no_degradation_prob: float = 0.01
-    """Probability that a sample's LR image is the plain bicubic downsample of the HR image."""
+    """Probability that a sample's LR image is the plain bicubic downsample of its training target (StableSR's
+    ``lq = gt``: the sharpened HR when ``use_usm`` and ``usm_target``, else the plain HR)."""
 
     yaml_key: ClassVar[str] = "degradation"
 

@@ -6,6 +6,7 @@ one ``torch.Generator`` per sample, so a sample's result does not depend on the 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -14,8 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from yonos.degradations.jpeg import jpeg_basicsr
+
 ResizeMode = Literal["area", "bilinear", "bicubic"]
 RESIZE_MODES: tuple[ResizeMode, ...] = ("area", "bilinear", "bicubic")
+# The luma of BasicSR's gray Poisson noise (torchvision's ``rgb_to_grayscale``; kornia's uses 0.299).
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
 
 
 def blur(image: Tensor, kernel: Tensor) -> Tensor:
@@ -64,11 +69,19 @@ def usm_sharpen(image: Tensor, weight: float = 0.5, radius: int = 50, threshold:
     return soft_mask * sharp + (1 - soft_mask) * image
 
 
-def resize(image: Tensor, size: tuple[int, int], mode: ResizeMode) -> Tensor:
-    """``F.interpolate`` as BasicSR calls it (no antialiasing, align_corners False); a no-op at the same size."""
+def resize(image: Tensor, size: tuple[int, int], mode: ResizeMode, scale: float | None = None) -> Tensor:
+    """``F.interpolate`` as BasicSR calls it (no antialiasing, align_corners False); a no-op at the same size.
+
+    With ``scale`` the call is BasicSR's stage-1 ``scale_factor=scale``: the output has ``size`` =
+    floor(H * scale) x floor(W * scale), but source coordinates are (x + 0.5) / scale - 0.5, not scaled by the
+    in / out size ratio (the two differ by up to a pixel at the far edge).
+    """
     if tuple(image.shape[-2:]) == tuple(size):
         return image
     align_corners = None if mode == "area" else False
+    by_factor = tuple(math.floor(side * scale) for side in image.shape[-2:]) if scale is not None else None
+    if mode != "area" and by_factor == tuple(size):  # tiny images clamped to 1 px fall back to size=
+        return F.interpolate(image, scale_factor=scale, mode=mode, align_corners=align_corners)
     return F.interpolate(image, size=size, mode=mode, align_corners=align_corners)
 
 
@@ -108,7 +121,8 @@ def add_poisson_noise(image: Tensor, scale: Tensor, gray: Tensor, generators: Se
     for i, (is_gray, generator) in enumerate(zip(gray.tolist(), generators, strict=True)):
         sample = image[i]
         if is_gray:
-            sample = kornia.color.rgb_to_grayscale(sample)  # (1, H, W)
+            red, green, blue = sample
+            sample = (GRAY_WEIGHTS[0] * red + GRAY_WEIGHTS[1] * green + GRAY_WEIGHTS[2] * blue)[None]  # (1, H, W)
         levels = torch.round(sample.clamp(0, 1) * 255.0)
         distinct = torch.bincount(levels.long().flatten(), minlength=256).count_nonzero()
         counts = torch.exp2(torch.ceil(torch.log2(distinct.to(image.dtype))))
@@ -140,11 +154,11 @@ def add_noise(
 
 
 def jpeg(image: Tensor, quality: Tensor) -> Tensor:
-    """JPEG encode-decode with a per-sample quality (kornia's codec: YCbCr 4:2:0, 8 x 8 DCT, standard tables).
+    """JPEG encode-decode with a per-sample quality, equal to BasicSR's ``DiffJPEG(differentiable=False)``.
 
     Args:
-        image: (B, 3, H, W), clipped to [0, 1] first as Real-ESRGAN does; any H, W (the codec pads to a
-            multiple of 16 by replication and crops back).
+        image: (B, 3, H, W), clipped to [0, 1] first as Real-ESRGAN does; any H, W (zero-padded to a multiple of 16
+            and cropped back, as BasicSR does).
         quality: (B,) in [1, 100].
     """
-    return kornia.enhance.jpeg_codec_differentiable(image.clamp(0, 1), quality.to(image.device, image.dtype))
+    return jpeg_basicsr(image, quality).to(image.dtype)

@@ -30,6 +30,7 @@ __all__ = [
     "SecondStageConfig",
     "StageParams",
     "apply_realesrgan",
+    "realesrgan_target",
     "sample_realesrgan_params",
 ]
 
@@ -65,6 +66,7 @@ class RealESRGANParams:
     no_degradation: Tensor  # (B,) bool: LR is the plain bicubic downsample
     noise_seed: Tensor  # (B,) int64 on the CPU: seeds each sample's noise generators
     use_usm: bool = True
+    usm_target: bool = True  # the no-degradation LR is made from the sharpened HR (see RealESRGANConfig)
 
     @property
     def batch_size(self) -> int:
@@ -77,8 +79,8 @@ class RealESRGANParams:
     @staticmethod
     def cat(params: Sequence[RealESRGANParams]) -> RealESRGANParams:
         """Concatenate along the batch, e.g. to build a validation batch from per-sample seeded draws."""
-        if len({p.use_usm for p in params}) != 1:
-            raise ValueError("cannot concatenate parameters with different use_usm")
+        if len({(p.use_usm, p.usm_target) for p in params}) != 1:
+            raise ValueError("cannot concatenate parameters with different use_usm or usm_target")
         return _zip_tensors(params, torch.cat)
 
 
@@ -152,6 +154,7 @@ def sample_realesrgan_params(
         no_degradation=bernoulli(config.no_degradation_prob, n, generator),
         noise_seed=torch.randint(0, 2**_SEED_BITS, (n,), generator=generator, device=generator.device).cpu(),
         use_usm=config.use_usm,
+        usm_target=config.usm_target,
     )
     return params.to(device if device is not None else generator.device)
 
@@ -161,9 +164,14 @@ def sample_realesrgan_params(
 Images = list[Tensor]  # one (1, 3, h, w) tensor per sample; sizes differ after a random resize
 
 
+def noise_generator_seed(sample_seed: int, stream: int) -> int:
+    """The seed of a sample's noise generator for stream ``stream`` (0: stage 1, s: stage 2 of scale s)."""
+    return (sample_seed << _STREAM_BITS) | stream
+
+
 def _generators(seeds: Tensor, stream: int, device: torch.device) -> list[torch.Generator]:
-    """One generator per sample for noise stream ``stream`` (0: stage 1, s: stage 2 of scale s)."""
-    return [torch.Generator(device=device).manual_seed((seed << _STREAM_BITS) | stream) for seed in seeds.tolist()]
+    """One generator per sample for noise stream ``stream``."""
+    return [torch.Generator(device=device).manual_seed(noise_generator_seed(seed, stream)) for seed in seeds.tolist()]
 
 
 def _map_grouped(fn: Callable[..., Tensor], images: Images, active: Tensor, *per_sample) -> Images:
@@ -189,25 +197,32 @@ def _take(values: Tensor | Sequence[Any], index: list[int]) -> Tensor | list[Any
     return [values[i] for i in index]
 
 
-def _resize_each(images: Images, sizes: list[tuple[int, int]], modes: Tensor) -> Images:
-    """Resize sample i to sizes[i] with RESIZE_MODES[modes[i]], batching equal (input size, size, mode)."""
+def _resize_each(images: Images, sizes: list[tuple[int, int]], modes: Tensor, scales: list[float] | None = None) -> Images:
+    """Resize sample i to sizes[i] with RESIZE_MODES[modes[i]] (and BasicSR's ``scale_factor`` scales[i] when
+    given), batching equal (input size, size, mode, scale)."""
+    factors: list[float | None] = scales if scales is not None else [None] * len(images)
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, mode in enumerate(modes.tolist()):
-        groups[(tuple(images[i].shape), sizes[i], mode)].append(i)
+        groups[(tuple(images[i].shape), sizes[i], mode, factors[i])].append(i)
     out = list(images)
-    for (_, size, mode), index in groups.items():
-        batch = resize(torch.cat([images[i] for i in index]), size, RESIZE_MODES[mode])
+    for (_, size, mode, factor), index in groups.items():
+        batch = resize(torch.cat([images[i] for i in index]), size, RESIZE_MODES[mode], factor)
         for i, image in zip(index, batch.split(1), strict=True):
             out[i] = image
     return out
 
 
 def _blur_resize_noise(
-    images: Images, stage: StageParams, sizes: list[tuple[int, int]], generators: list[torch.Generator]
+    images: Images,
+    stage: StageParams,
+    sizes: list[tuple[int, int]],
+    generators: list[torch.Generator],
+    by_factor: bool,
 ) -> Images:
-    """Steps 1-3 of a degradation stage."""
+    """Steps 1-3 of a degradation stage; ``by_factor``: resize by ``scale_factor`` (BasicSR's stage 1) rather
+    than to ``sizes`` (its stage 2; the output sizes are the same)."""
     images = _map_grouped(blur, images, stage.blur, stage.kernel)
-    images = _resize_each(images, sizes, stage.resize_mode)
+    images = _resize_each(images, sizes, stage.resize_mode, stage.resize_scale.tolist() if by_factor else None)
     everyone = torch.ones(len(images), dtype=torch.bool)
     noise = (stage.gaussian_noise, stage.noise_sigma, stage.poisson_scale, stage.gray_noise, generators)
     return _map_grouped(add_noise, images, everyone, *noise)
@@ -223,7 +238,7 @@ def _second_stage(images: Images, params: RealESRGANParams, lr_size: tuple[int, 
     device = images[0].device
     # Stage 2's random resize is relative to this scale's LR size.
     sizes = _scaled_sizes(*lr_size, stage.resize_scale)
-    images = _blur_resize_noise(images, stage, sizes, _generators(params.noise_seed, stream, device))
+    images = _blur_resize_noise(images, stage, sizes, _generators(params.noise_seed, stream, device), by_factor=False)
     # Real-ESRGAN's two orders: [resize + sinc] then JPEG, or JPEG then [resize + sinc].
     jpeg_first = ~params.sinc_first
     images = _map_grouped(jpeg, images, jpeg_first, stage.jpeg_quality)
@@ -233,6 +248,13 @@ def _second_stage(images: Images, params: RealESRGANParams, lr_size: tuple[int, 
         index = params.sinc_first.nonzero().squeeze(1)
         lr = lr.index_copy(0, index.to(device), jpeg(lr[index.to(device)], stage.jpeg_quality[index]))
     return quantize_8bit(lr)
+
+
+def realesrgan_target(hr: Tensor, config: RealESRGANConfig) -> Tensor:
+    """The HR image training compares against: USM-sharpened when ``use_usm`` and ``usm_target``, else ``hr``."""
+    if not (config.use_usm and config.usm_target):
+        return hr
+    return usm_sharpen(hr.float()).to(hr.dtype)
 
 
 def apply_realesrgan(hr: Tensor, params: RealESRGANParams, scales: Sequence[int]) -> dict[int, Tensor]:
@@ -261,14 +283,15 @@ def apply_realesrgan(hr: Tensor, params: RealESRGANParams, scales: Sequence[int]
     x = usm_sharpen(work) if params.use_usm else work
     sizes = _scaled_sizes(height, width, params.stage1.resize_scale)
     generators = _generators(params.noise_seed, 0, hr.device)
-    images = _blur_resize_noise(list(x.split(1)), params.stage1, sizes, generators)
+    images = _blur_resize_noise(list(x.split(1)), params.stage1, sizes, generators, by_factor=True)
     images = _map_grouped(jpeg, images, torch.ones(batch, dtype=torch.bool), params.stage1.jpeg_quality)
     # Stage 2 and the final steps, per scale.
     out = {}
+    target = x if params.usm_target else work  # what training compares against (see realesrgan_target)
     for scale in scales:
         lr = _second_stage(images, params, (height // scale, width // scale), stream=scale)
         if params.no_degradation.any():
             index = params.no_degradation.nonzero().squeeze(1).to(hr.device)
-            lr = lr.index_copy(0, index, bicubic_downsample(work[index], scale))
+            lr = lr.index_copy(0, index, bicubic_downsample(target[index], scale))
         out[scale] = lr.to(hr.dtype)
     return out

@@ -23,7 +23,8 @@ from yonos.degradations import RealESRGANConfig
 from yonos.degradations.config import PresetName
 from yonos.images import list_images, read_rgb, save_image_atomic
 
-Degradation = Literal["bicubic", "realesrgan"]
+Degradation = Literal["bicubic", "bicubic_matlab", "realesrgan"]
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")  # PIL modes of one-channel images
 CACHE_SETTINGS = "settings.json"
 
 
@@ -103,9 +104,10 @@ def cache_key(settings: dict[str, Any]) -> str:
 def synthesise_lr(
     hr: Tensor, scale: int, degradation: Degradation, config: RealESRGANConfig | None, seed: int, index: int
 ) -> Tensor:
-    """The LR image (1, 3, H/s, W/s) of HR image ``index``: bicubic, or Real-ESRGAN drawn from (seed, index) only."""
-    if degradation == "bicubic":
-        return degrade_bicubic(hr, [scale])[scale]
+    """The LR image (1, 3, H/s, W/s) of HR image ``index``: bicubic (torch's or MATLAB's), or Real-ESRGAN drawn from
+    (seed, index) only."""
+    if degradation in ("bicubic", "bicubic_matlab"):
+        return degrade_bicubic(hr, [scale], matlab=degradation == "bicubic_matlab")[scale]
     generator = validation_generator(seed, index, hr.device)
     return degrade_realesrgan(hr, [scale], config, [generator], shared=True)[scale]
 
@@ -177,6 +179,23 @@ def load_eval_set(
     if scale is None:
         raise ValueError(f"--data: {root} is HR only (no gt/+lq/ or hr/+lr/) and the models disagree on the scale; give --scale")
     return load_hr_only(root, scale, Path(cache_dir).expanduser(), degradation, preset, seed, exclude)
+
+
+def hr_is_gray(path: Path) -> bool:
+    """Whether an HR file is a one-channel (gray) image, which PSNR/SSIM-Y may score on its own values."""
+    with Image.open(path) as image:
+        return image.mode in GRAY_MODES
+
+
+def list_test_names(root: str | Path, scale: int | None, exclude: tuple[Path, ...] = ()) -> tuple[list[str], bool]:
+    """(names of the test images, whether the folder is HR only), from the file system alone: a paired folder is
+    matched and size-checked here, an HR-only one listed, so bad ``--data`` fails before any model loads."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"--data: folder {root} does not exist")
+    if is_paired(root):
+        return [pair.name for pair in load_paired(root, scale).pairs], False
+    return [name for name, _ in _hr_listing(root, exclude)], True
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:

@@ -1,5 +1,6 @@
-"""The SR models ``yonos evaluate`` compares: a stage checkpoint (.ckpt) or an exported pipeline folder, both seen
-as one function (LR, scale, seed, steps) -> SR. Test sets, metrics and reports live beside this file.
+"""The SR models ``yonos evaluate`` compares: a stage checkpoint (.ckpt), an exported pipeline folder, a classic
+baseline (``bicubic``: MATLAB imresize, ``lanczos``: PIL), all seen as one function (LR, scale, seed, steps) -> SR,
+or a folder of SR images made elsewhere, scored as it is. Test sets, metrics and reports live beside this file.
 """
 
 from __future__ import annotations
@@ -10,16 +11,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from yonos.colorfix import apply_color_fix
-from yonos.degradations import upsample_to
+from yonos.degradations import bicubic_matlab_upsample, upsample_to
 from yonos.diffusion import make_scheduler
+from yonos.images import IMAGE_EXTENSIONS
 from yonos.inference import sample_with_seeds
 from yonos.models import scheduler_source
 
 ColorFix = Literal["none", "adain", "wavelet"]
+ModelKind = Literal["checkpoint", "pipeline", "baseline", "folder"]
+BASELINES = ("bicubic", "lanczos")
+DIFFUSION_KINDS = ("checkpoint", "pipeline")  # the kinds that run once per --steps value
 UpscaleFn = Callable[[Tensor, int, int, int], Tensor]
 """(LR (1, 3, h, w) in [0, 1] on the model's device, scale, seed, DDIM steps) -> SR (1, 3, h*scale, w*scale)."""
 
@@ -30,7 +36,7 @@ class SRModel:
 
     label: str
     path: Path
-    kind: Literal["checkpoint", "pipeline"]
+    kind: ModelKind
     scale: int | None
     upscale: UpscaleFn
     device: torch.device
@@ -38,6 +44,8 @@ class SRModel:
 
     def identity(self) -> dict[str, Any]:
         """What decides this model's outputs: its path, size and modification time (for the resume check)."""
+        if self.kind == "baseline":
+            return {"baseline": self.label if str(self.path) in BASELINES else str(self.path)}
         files = sorted(self.path.rglob("*")) if self.path.is_dir() else [self.path]
         stats = [
             (str(f.relative_to(self.path) if self.path.is_dir() else f.name), f.stat().st_size, f.stat().st_mtime_ns)
@@ -109,14 +117,76 @@ def load_pipeline_model(path: Path, label: str, device: torch.device, color_fix:
     return SRModel(label, path, "pipeline", _pipeline_scale(pipe), upscale, device, info)
 
 
-def load_model(path: str | Path, label: str, device: torch.device, color_fix: ColorFix = "none") -> SRModel:
-    """A stage checkpoint file or a pipeline folder (one holding ``model_index.json``)."""
+def find_sr_image(folder: Path, name: str) -> Path | None:
+    """The SR image of test image ``name`` in a folder of SR images: the same relative name, any image suffix."""
+    for suffix in IMAGE_EXTENSIONS:
+        for candidate in (folder / f"{name}{suffix}", folder / f"{name}{suffix.upper()}"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def classify_model(path: str | Path) -> ModelKind:
+    """What a ``--model`` value names, from the file system alone (nothing is loaded); a clear error otherwise."""
+    if str(path) in BASELINES:
+        return "baseline"
     path = Path(path).expanduser()
     if path.is_dir():
-        if not (path / "model_index.json").is_file():
-            raise FileNotFoundError(f"--model {path}: a folder must be an exported pipeline (no model_index.json)")
+        if (path / "model_index.json").is_file():
+            return "pipeline"
+        if not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in path.rglob("*") if p.is_file()):
+            raise FileNotFoundError(
+                f"--model {path}: a folder must be an exported pipeline (model_index.json) or hold SR images"
+            )
+        return "folder"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"--model {path}: no such checkpoint or folder (or give one of the baselines {', '.join(BASELINES)})"
+        )
+    return "checkpoint"
+
+
+def lanczos_upsample(lr: Tensor, scale: int) -> Tensor:
+    """PIL's Lanczos (a = 3) upsampling of the 8-bit LR image, (1, 3, h, w) -> (1, 3, h*scale, w*scale)."""
+    from PIL import Image
+
+    array = (lr[0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    image = Image.fromarray(array).resize((array.shape[1] * scale, array.shape[0] * scale), Image.LANCZOS)
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)[None].to(lr.device).float() / 255.0
+
+
+def load_baseline(name: str, label: str, device: torch.device) -> SRModel:
+    """``bicubic``: MATLAB ``imresize(lr, scale)`` (the tables' bicubic row); ``lanczos``: PIL Lanczos."""
+    if name == "bicubic":
+        method, resize = "MATLAB imresize bicubic (a = -0.5, antialiased, 8-bit)", bicubic_matlab_upsample
+    else:
+        method, resize = "PIL Lanczos (a = 3) on 8-bit images", lanczos_upsample
+
+    def upscale(lr: Tensor, scale: int, seed: int, num_steps: int) -> Tensor:
+        return resize(lr, scale)
+
+    return SRModel(label, Path(name), "baseline", None, upscale, device, {"method": method})
+
+
+def load_model(path: str | Path, label: str, device: torch.device, color_fix: ColorFix = "none") -> SRModel:
+    """A stage checkpoint file, a pipeline folder (one holding ``model_index.json``), a baseline name, or a folder of
+    SR images (scored as it is: its ``upscale`` is never called)."""
+    kind = classify_model(path)
+    if kind == "baseline":
+        return load_baseline(str(path), label, device)
+    path = Path(path).expanduser()
+    if kind == "folder":
+        return SRModel(label, path, "folder", None, _no_upscale(path), device, {"sr_folder": str(path)})
+    if kind == "pipeline":
         return load_pipeline_model(path, label, device, color_fix)
     return load_checkpoint_model(path, label, device, color_fix)
+
+
+def _no_upscale(path: Path) -> UpscaleFn:
+    def upscale(lr: Tensor, scale: int, seed: int, num_steps: int) -> Tensor:
+        raise RuntimeError(f"{path} is a folder of SR images: its images are scored, not computed")
+
+    return upscale
 
 
 def default_label(path: str | Path) -> str:

@@ -28,12 +28,13 @@ class RunResult:
     label: str
     model: str
     kind: str
-    steps: int
+    steps: int | None  # None: a baseline or an SR folder, whose output does not depend on DDIM steps
     images: int
     metrics: dict[str, float]
     run_dir: Path
     computed: int
     seconds: float
+    sr_dir: Path | None = None  # where the scored SR images are (default: run_dir/sr)
 
     def as_dict(self) -> dict[str, Any]:
         """The run as it appears in ``summary.json`` (plain types)."""
@@ -44,7 +45,7 @@ class RunResult:
             "steps": self.steps,
             "images": self.images,
             "metrics": self.metrics,
-            "sr_dir": str(self.run_dir / "sr"),
+            "sr_dir": str(self.sr_dir or self.run_dir / "sr"),
             "per_image_csv": str(self.run_dir / "per_image.csv"),
             "sr_computed_this_run": self.computed,
             "sr_seconds_per_image": self.seconds / self.computed if self.computed else None,
@@ -88,7 +89,8 @@ def results_table(runs: list[dict[str, Any]], names: list[str]) -> str:
     lines = [f"| model | steps | images | {_header(names)} |", "|" + "---|" * (3 + len(names))]
     for run in runs:
         cells = " | ".join(_format(name, run["metrics"].get(name)) for name in names)
-        lines.append(f"| {run['label']} | {run['steps']} | {run['images']} | {cells} |")
+        steps = "-" if run["steps"] is None else run["steps"]
+        lines.append(f"| {run['label']} | {steps} | {run['images']} | {cells} |")
     return "\n".join(lines)
 
 
@@ -103,6 +105,8 @@ def _settings(config: Any, eval_set: Any, models: list[Any], device: torch.devic
         "color_fix": config.color_fix,
         "crop_border": config.crop_border,
         "ssim_convention": config.ssim_convention,
+        "gray_convention": config.gray_convention,
+        "fid_mode": config.fid_mode,
         "lpips_backbone": config.lpips_net,
         "random_lpips_backbone": config.random_lpips_backbone,
         "device": str(device),
@@ -149,6 +153,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         "color_fix",
         "crop_border",
         "ssim_convention",
+        "gray_convention",
+        "fid_mode",
         "lpips_backbone",
         "device",
     ):
@@ -193,11 +199,14 @@ def plot_sweep(path: Path, runs: list[RunResult], names: list[str]) -> None:
     columns = min(3, len(names))
     rows = math.ceil(len(names) / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False)
-    steps = sorted({run.steps for run in runs})
+    steps = sorted({run.steps for run in runs if run.steps is not None})
     for axis, name in zip(axes.flat, names):
         for label in labels:
-            points = sorted((r.steps, r.metrics.get(name, math.nan)) for r in runs if r.label == label)
-            axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+            points = sorted((r.steps, r.metrics.get(name, math.nan)) for r in runs if r.label == label and r.steps is not None)
+            if points:
+                axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+            for flat in (r for r in runs if r.label == label and r.steps is None):  # baselines: no steps, one level
+                axis.axhline(flat.metrics.get(name, math.nan), linestyle="--", label=label)
         axis.set_xscale("log")
         axis.set_xticks(steps, [str(n) for n in steps], minor=False)
         axis.minorticks_off()

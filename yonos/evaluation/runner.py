@@ -15,12 +15,21 @@ from tqdm import tqdm
 
 from yonos.data import validation_seed
 from yonos.degradations.config import PresetName
-from yonos.evaluation.data import Degradation, EvalSet, load_eval_set, read_hr, write_json
-from yonos.evaluation.models import ColorFix, SRModel, default_label, load_model, resolve_device
+from yonos.evaluation.data import Degradation, EvalSet, hr_is_gray, list_test_names, load_eval_set, read_hr, write_json
+from yonos.evaluation.models import (
+    DIFFUSION_KINDS,
+    ColorFix,
+    SRModel,
+    classify_model,
+    default_label,
+    find_sr_image,
+    load_model,
+    resolve_device,
+)
 from yonos.evaluation.report import RunResult, write_per_image_csv, write_summary, write_sweep
 from yonos.evaluation.scoring import DEFAULT_METRICS, MetricOptions, MetricSuite, build_suite
 from yonos.images import read_rgb, save_image_atomic
-from yonos.metrics import LPIPSNet, SSIMConvention
+from yonos.metrics import FIDMode, GrayConvention, LPIPSNet, SSIMConvention
 
 RUN_SETTINGS = "run.json"
 
@@ -46,6 +55,8 @@ class EvalConfig:
     lpips_net: LPIPSNet = "alex"
     random_lpips_backbone: bool = False
     ssim_convention: SSIMConvention = "basicsr"
+    fid_mode: FIDMode = "clean"
+    gray_convention: GrayConvention = "own"
     skip_unavailable: bool = False
     device: str = "auto"
     fid_feature: nn.Module | None = None
@@ -53,7 +64,7 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         if not self.models:
-            raise ValueError("--model: give at least one stage checkpoint or pipeline folder")
+            raise ValueError("--model: give at least one checkpoint, pipeline folder, SR folder or baseline")
         if any(n < 1 for n in self.steps) or not self.steps:
             raise ValueError(f"--steps must be positive integers, got {self.steps}")
         if self.labels and len(self.labels) != len(self.models):
@@ -108,21 +119,32 @@ def super_resolve_set(model: SRModel, eval_set: EvalSet, sr_dir: Path, num_steps
 
 
 def score_set(
-    suite: MetricSuite, eval_set: EvalSet, sr_dir: Path, seed: int, desc: str
+    suite: MetricSuite, eval_set: EvalSet, sr_dir: Path, seed: int, desc: str, any_suffix: bool = False
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    """Per-image rows and the run's means (FID over the whole set), always recomputed from the SR files."""
+    """Per-image rows and the run's means (FID over the whole set), always recomputed from the SR files
+    (``<name>.png``, or with ``any_suffix`` any image suffix, as in a folder of SR images made elsewhere)."""
     rows = []
     for index, pair in enumerate(tqdm(eval_set.pairs, desc=f"{desc} metrics", unit="img")):
-        sr, hr = read_rgb(sr_dir / f"{pair.name}.png")[None], read_hr(pair, eval_set.scale)
+        path = find_sr_image(sr_dir, pair.name) if any_suffix else sr_dir / f"{pair.name}.png"
+        sr, hr = read_rgb(path)[None], read_hr(pair, eval_set.scale)
         if sr.shape != hr.shape:
-            raise ValueError(f"{sr_dir / pair.name}.png is {tuple(sr.shape[-2:])}, its HR {tuple(hr.shape[-2:])}")
-        rows.append({"name": pair.name, "seed": validation_seed(seed, index), **suite.score(sr, hr)})
+            raise ValueError(f"{path} is {tuple(sr.shape[-2:])}, its HR {tuple(hr.shape[-2:])}")
+        scores = suite.score(sr, hr, gray=hr_is_gray(pair.hr_path))
+        rows.append({"name": pair.name, "seed": validation_seed(seed, index), **scores})
     means = {name: sum(row[name] for row in rows) / len(rows) for name in suite.per_image}
     return rows, {**means, **suite.finish_run()}
 
 
-def _run_one(config: EvalConfig, model: SRModel, eval_set: EvalSet, suite: MetricSuite, steps: int, out: Path) -> RunResult:
-    run_dir = out / model.label / f"steps_{steps}"
+def _run_one(
+    config: EvalConfig, model: SRModel, eval_set: EvalSet, suite: MetricSuite, steps: int | None, out: Path
+) -> RunResult:
+    """One (model, steps) row; baselines (``steps`` None) are computed once, SR folders are scored as they are."""
+    if model.kind == "folder":
+        rows, means = score_set(suite, eval_set, model.path, config.seed, model.label, any_suffix=True)
+        run_dir = out / model.label
+        write_per_image_csv(run_dir / "per_image.csv", rows, ["name", "seed", *suite.per_image])
+        return RunResult(model.label, str(model.path), model.kind, None, len(rows), means, run_dir, 0, 0.0, model.path)
+    run_dir = out / model.label / (f"steps_{steps}" if steps is not None else "sr_run")
     settings = {
         "model": model.identity(),
         "steps": steps,
@@ -132,16 +154,39 @@ def _run_one(config: EvalConfig, model: SRModel, eval_set: EvalSet, suite: Metri
         "lr_inputs": eval_set.fingerprint(),
     }
     check_resume(run_dir, settings)
-    computed, seconds = super_resolve_set(model, eval_set, run_dir / "sr", steps, config.seed)
+    computed, seconds = super_resolve_set(model, eval_set, run_dir / "sr", steps or 1, config.seed)
     rows, means = score_set(suite, eval_set, run_dir / "sr", config.seed, f"{model.label} {steps} step(s)")
     write_per_image_csv(run_dir / "per_image.csv", rows, ["name", "seed", *suite.per_image])
     return RunResult(model.label, str(model.path), model.kind, steps, len(rows), means, run_dir, computed, seconds)
+
+
+def check_inputs(config: EvalConfig) -> None:
+    """Every ``--data`` / ``--model`` path, and the pairing of SR folders with the test images, checked from the file
+    system before any network is built (a wrong path fails in a second, not after the models load)."""
+    kinds = [classify_model(path) for path in config.models]
+    out = Path(config.out).expanduser()
+    names, hr_only = list_test_names(config.data, config.scale, exclude=(out, Path(config.lr_cache or out / "lr_cache")))
+    for path, kind in zip(config.models, kinds):
+        if kind != "folder":
+            continue
+        missing = [name for name in names if find_sr_image(Path(path).expanduser(), name) is None]
+        if missing:
+            raise FileNotFoundError(
+                f"--model {path}: {len(missing)} of {len(names)} test image(s) have no SR image of the same name: {missing[:10]}"
+            )
+    if hr_only and config.scale is None and not any(kind in DIFFUSION_KINDS for kind in kinds):
+        raise ValueError(f"--data {config.data} is HR only and no --model sets the scale (baselines and SR folders do not): give --scale")
+
+
+def _model_steps(config: EvalConfig, model: SRModel) -> list[int | None]:
+    return list(config.steps) if model.kind in DIFFUSION_KINDS else [None]
 
 
 def evaluate(config: EvalConfig) -> dict[str, Any]:
     """Run the whole evaluation; returns the summary written to ``<out>/summary.json``."""
     out = Path(config.out).expanduser()
     labels = config.model_labels()
+    check_inputs(config)
     device = resolve_device(config.device)
     options = MetricOptions(
         config.crop_border,
@@ -150,6 +195,8 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
         config.ssim_convention,
         config.seed,
         config.fid_feature,
+        config.fid_mode,
+        config.gray_convention,
     )
     suite = build_suite(config.metrics, options, device, config.skip_unavailable)  # fails before any SR work
     models = [load_model(path, label, device, config.color_fix) for path, label in zip(config.models, labels)]
@@ -163,6 +210,6 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
         default_scale=_model_scale(models),
         exclude=(out,),
     )
-    runs = [_run_one(config, model, eval_set, suite, steps, out) for model in models for steps in config.steps]
+    runs = [_run_one(config, model, eval_set, suite, steps, out) for model in models for steps in _model_steps(config, model)]
     sweep = write_sweep(out, runs, suite.names) if len(config.steps) > 1 else None
     return write_summary(out, config, eval_set, suite, runs, models, device, sweep)

@@ -13,6 +13,8 @@ from torch import Tensor, nn
 
 from yonos.metrics import (
     IQA_METRICS,
+    FIDMode,
+    GrayConvention,
     LPIPSNet,
     MissingWeightsError,
     SSIMConvention,
@@ -27,6 +29,7 @@ from yonos.metrics import (
 METRICS = ("psnr", "ssim", "lpips", "dists", "fid", "niqe", "musiq", "maniqa", "clipiqa")
 DEFAULT_METRICS = ("psnr", "ssim", "lpips", "dists", "fid")
 LOWER_IS_BETTER = {"lpips", "dists", "fid", "niqe"}
+Y_METRICS = ("psnr", "ssim")
 PerImageFn = Callable[[Tensor, Tensor], float]
 
 
@@ -58,6 +61,8 @@ class MetricOptions:
     seed: int = 0
     fid_feature: nn.Module | None = None
     """A custom FID feature extractor (tests); the metric is then reported as ``fid_custom_features``."""
+    fid_mode: FIDMode = "clean"
+    gray: GrayConvention = "own"
 
 
 @dataclass
@@ -77,10 +82,12 @@ class MetricSuite:
         """Column names of the results, in order."""
         return [*self.per_image, *([self.fid_name] if self.fid is not None else [])]
 
-    def score(self, sr: Tensor, hr: Tensor) -> dict[str, float]:
+    def score(self, sr: Tensor, hr: Tensor, gray: bool = False) -> dict[str, float]:
         """Every per-image metric of one SR image against its HR image, both (1, 3, H, W) in [0, 1]; the pair also
-        enters the running FID of the current run."""
-        values = {name: fn(sr, hr) for name, fn in self.per_image.items()}
+        enters the running FID of the current run. ``gray``: the HR file is one-channel, and PSNR/SSIM see it so
+        (their gray convention decides how)."""
+        y_hr = hr[:, :1] if gray else hr
+        values = {name: fn(sr, y_hr if name in Y_METRICS else hr) for name, fn in self.per_image.items()}
         if self.fid is not None:
             fid_update(self.fid, sr, hr, reference=not self._reference_done)
             self._count += 1
@@ -120,6 +127,18 @@ def folder_fid(fid: nn.Module, pairs: Iterable[tuple[Tensor, Tensor]]) -> float:
     return fid_finish(fid, count)
 
 
+_FID_RESIZE = {
+    "clean": "fid_mode clean: images resized to 299 with PIL bicubic on the 8-bit values as clean-fid and pyiqa's default "
+    "'clean' mode do (then rounded to uint8 for torchmetrics), the convention of the peers' tables",
+    "legacy": "fid_mode legacy: images resized to 299 by torch-fidelity (TF1-style bilinear), pyiqa's "
+    "'legacy_tensorflow' mode; values differ from the clean mode's",
+}
+_GRAY = {
+    "own": "compared on their own gray values (gray_convention own, the classic tables')",
+    "rgb_y": "compared as the Y of their RGB copy (gray_convention rgb_y, 16 + 219/255 of the values)",
+}
+
+
 def _definitions(options: MetricOptions) -> dict[str, str]:
     y = "Y of YCbCr (ITU-R BT.601 as MATLAB rgb2ycbcr: Y = 16 + 65.481 R + 128.553 G + 24.966 B, RGB in [0, 1]) of 8-bit images"
     ssim_ref = {
@@ -131,14 +150,14 @@ def _definitions(options: MetricOptions) -> dict[str, str]:
     )
     return {
         "psnr": f"PSNR (dB) on the {y}, crop_border {options.crop_border}; = BasicSR calculate_psnr(test_y_channel=True) "
-        "= pyiqa psnr(test_y_channel=True, color_space='ycbcr')",
+        f"= pyiqa psnr(test_y_channel=True, color_space='ycbcr'); gray (1-channel) HR images: {_GRAY[options.gray]}",
         "ssim": f"SSIM on the same Y, Gaussian window 11 / sigma 1.5, valid region, K1 0.01, K2 0.03, data range 255, "
         f"crop_border {options.crop_border}; convention {options.ssim_convention} ({ssim_ref})",
         "lpips": f"LPIPS v0.1, lpips {version('lpips')}, {backbone}, RGB scaled to [-1, 1], full image",
         "dists": f"DISTS, pyiqa {version('pyiqa')} ('dists'), full image",
         "fid": f"FID, all SR images vs all HR images (folder vs folder), torchmetrics {version('torchmetrics')} "
-        "FrechetInceptionDistance: Inception v3 pool3 (2048-d) with torch-fidelity's weights (2015-12-05), images resized to "
-        "299 by torch-fidelity (bilinear); pyiqa/clean-fid resize with PIL bicubic, so values differ slightly",
+        "FrechetInceptionDistance: Inception v3 pool3 (2048-d) with torch-fidelity's weights (2015-12-05); "
+        + _FID_RESIZE[options.fid_mode],
         "niqe": f"NIQE, pyiqa {version('pyiqa')} ('niqe', Y channel)",
         "musiq": f"MUSIQ, pyiqa {version('pyiqa')} ('musiq', KonIQ-10k checkpoint)",
         "maniqa": f"MANIQA, pyiqa {version('pyiqa')} ('maniqa-pipal', PIPAL checkpoint; random crops seeded with {options.seed})",
@@ -149,9 +168,9 @@ def _definitions(options: MetricOptions) -> dict[str, str]:
 def _build_one(name: str, options: MetricOptions, device: torch.device) -> PerImageFn | nn.Module:
     crop = options.crop_border
     if name == "psnr":
-        return lambda sr, hr: float(psnr_y(sr, hr, crop))
+        return lambda sr, hr: float(psnr_y(sr, hr, crop, options.gray))
     if name == "ssim":
-        return lambda sr, hr: float(ssim_y(sr, hr, crop, options.ssim_convention))
+        return lambda sr, hr: float(ssim_y(sr, hr, crop, options.ssim_convention, options.gray))
     if name == "lpips":
         with torch.random.fork_rng(devices=[]):  # a random backbone is drawn from the seed: the same in every run
             torch.manual_seed(options.seed)
@@ -159,7 +178,7 @@ def _build_one(name: str, options: MetricOptions, device: torch.device) -> PerIm
         return lambda sr, hr: float(lpips_distance(model, sr.to(device), hr.to(device)))
     if name == "fid":
         feature = options.fid_feature if options.fid_feature is not None else 2048
-        return build_fid(feature, reset_real_features=False).to(device)
+        return build_fid(feature, reset_real_features=False, mode=options.fid_mode).to(device)
     metric = build_iqa_metric(name, device, seed=options.seed)
     if IQA_METRICS[name].full_reference:
         return lambda sr, hr: float(metric(sr.to(device), hr.to(device)))

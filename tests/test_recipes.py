@@ -45,3 +45,21 @@ def test_the_sd21_768_teacher_trains_its_native_v_prediction(capsys):
 def test_the_decoder_recipe_trains_on_vgg_lpips_and_reports_alex(capsys):
     init = _resolved("decoder_finetune", capsys)["model"]["init_args"]
     assert (init["lpips_net"], init["val_lpips_net"], init["lpips_weight"]) == ("vgg", "alex", 1.0)
+
+
+def test_the_timestep_ablation_script_runs_end_to_end(tmp_path: Path, monkeypatch):
+    """README's ablation numbers come from this script: it must run as shipped (two steps, one variant here)."""
+    import runpy
+    import sys
+
+    monkeypatch.setattr(sys, "argv", [
+        "timesteps.py", "--out", str(tmp_path / "out"), "--data", str(tmp_path / "samples"), "--steps", "2",
+        "--seeds", "0", "--noise-seeds", "1", "--variants", "last_timestep_prob 0.25",
+    ])
+    runpy.run_path(str(ROOT / "experiments" / "ablations" / "timesteps.py"), run_name="__main__")
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "| last_timestep_prob 0.25 |" in summary and "uniform" not in summary
+    import torch
+
+    checkpoint = torch.load(tmp_path / "out" / "last_timestep_prob_0.25" / "seed0" / "final.ckpt", weights_only=True)
+    assert checkpoint["hyper_parameters"]["last_timestep_prob"] == 0.25 and checkpoint["global_step"] == 2

@@ -114,4 +114,9 @@ def test_training_batches_get_the_usm_target_and_validation_keeps_the_plain_hr(h
     plain = _datamodule(hr_folder, realesrgan={"usm_target": False})
     assert torch.equal(batch_after(plain, training=True)["hr"], hr)
     bicubic = _datamodule(hr_folder, degradation="bicubic_matlab")
-    assert torch.equal(batch_after(bicubic, training=True)["hr"], hr)
+    batch = batch_after(bicubic, training=True)
+    assert torch.equal(batch["hr"], hr)
+    from yonos.degradations import bicubic_downsample, bicubic_matlab_downsample
+
+    assert torch.equal(batch["lr_x4"], bicubic_matlab_downsample(hr, 4))
+    assert not torch.equal(batch["lr_x4"], bicubic_downsample(hr, 4))

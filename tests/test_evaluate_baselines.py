@@ -186,3 +186,18 @@ def test_evaluate_scores_one_channel_hr_files_by_the_convention(tmp_path: Path):
     assert rgb_y - own == pytest.approx(20 * math.log10(255 / 219), abs=0.01)
     summary = json.loads((tmp_path / "own" / "summary.json").read_text())
     assert summary["settings"]["gray_convention"] == "own" and "gray" in summary["metric_definitions"]["psnr"]
+
+
+def test_cli_options_reach_the_config():
+    from yonos.evaluate import config_from_args
+
+    config = config_from_args(
+        ["--model", "bicubic", "--model", "lanczos", "--data", "d", "--out", "o", "--fid-mode", "legacy",
+         "--gray-convention", "rgb_y", "--degradation", "bicubic_matlab", "--scale", "4"]
+    )
+    assert (config.fid_mode, config.gray_convention, config.degradation) == ("legacy", "rgb_y", "bicubic_matlab")
+    assert config.model_labels() == ["bicubic", "lanczos"]
+    defaults = config_from_args(["--model", "bicubic", "--data", "d", "--out", "o"])
+    assert (defaults.fid_mode, defaults.gray_convention) == ("clean", "own")
+    with pytest.raises(SystemExit):
+        config_from_args(["--model", "bicubic", "--data", "d", "--out", "o", "--fid-mode", "tf"])

@@ -44,33 +44,38 @@ def _tables(device: torch.device) -> tuple[Tensor, Tensor]:
     return luma, chroma
 
 
-def _dct_matrix(device: torch.device) -> Tensor:
-    """Orthonormal 8-point DCT-II, (frequency, position): coefficients = D @ block @ D.T."""
-    position = torch.arange(8, dtype=torch.float64)
-    frequency = position[:, None]
-    matrix = torch.cos((2 * position + 1) * frequency * math.pi / 16) * 0.5
-    matrix[0] /= math.sqrt(2)
-    return matrix.float().to(device)
+def _dct_basis(device: torch.device) -> tuple[Tensor, Tensor]:
+    """The 8 x 8 DCT-II as one (64, 64) matrix on flattened blocks, cos((2x + 1) u pi / 16) cos((2y + 1) v pi / 16)
+    with rows (x, y) and columns (u, v), and the (64,) normalisation alpha(u) alpha(v) / 4: one matrix product per
+    plane, the contraction BasicSR's ``tensordot`` performs."""
+    n = torch.arange(8, dtype=torch.float64)
+    cos = torch.cos((2 * n[:, None] + 1) * n[None, :] * math.pi / 16)  # (position, frequency)
+    basis = torch.einsum("xu,yv->xyuv", cos, cos).reshape(64, 64)
+    alpha = torch.ones(8, dtype=torch.float64)
+    alpha[0] = 1 / math.sqrt(2)
+    scale = (torch.outer(alpha, alpha) * 0.25).reshape(64)
+    return basis.float().to(device), scale.float().to(device)
 
 
 def _blocks(plane: Tensor) -> Tensor:
-    """(B, H, W) -> (B, H/8, W/8, 8, 8)."""
+    """(B, H, W) -> (B, H/8 * W/8, 64), each block flattened row by row."""
     batch, height, width = plane.shape
-    return plane.reshape(batch, height // 8, 8, width // 8, 8).transpose(2, 3)
+    return plane.reshape(batch, height // 8, 8, width // 8, 8).transpose(2, 3).reshape(batch, -1, 64)
 
 
-def _unblocks(blocks: Tensor) -> Tensor:
-    batch, rows, cols = blocks.shape[:3]
-    return blocks.transpose(2, 3).reshape(batch, rows * 8, cols * 8)
+def _unblocks(blocks: Tensor, height: int, width: int) -> Tensor:
+    batch = blocks.shape[0]
+    return blocks.reshape(batch, height // 8, width // 8, 8, 8).transpose(2, 3).reshape(batch, height, width)
 
 
-def _code_plane(plane: Tensor, table: Tensor, dct: Tensor) -> Tensor:
+def _code_plane(plane: Tensor, table: Tensor, basis: Tensor, scale: Tensor) -> Tensor:
     """DCT, hard quantisation with per-sample ``table`` (B, 8, 8), dequantisation and inverse DCT of a plane."""
-    table = table[:, None, None]  # (B, 1, 1, 8, 8)
-    coefficients = dct @ (_blocks(plane) - 128.0) @ dct.T
+    table = table.reshape(-1, 1, 64)  # (B, 1, 64)
+    coefficients = (_blocks(plane) - 128.0) @ basis * scale  # (B, blocks, 64)
     # Quality 100 gives zero steps (BasicSR then returns NaN): no quantisation, its limit.
     quantised = torch.where(table > 0, torch.round(coefficients / table) * table, coefficients)
-    return _unblocks(dct.T @ quantised @ dct) + 128.0
+    pixels = (quantised * (scale * 4)) @ basis.T * 0.25 + 128.0
+    return _unblocks(pixels, *plane.shape[-2:])
 
 
 def jpeg_basicsr(image: Tensor, quality: Tensor) -> Tensor:
@@ -92,9 +97,9 @@ def jpeg_basicsr(image: Tensor, quality: Tensor) -> Tensor:
     chroma = F.avg_pool2d(ycbcr[:, 1:], 2)  # (B, 2, H'/2, W'/2)
     luma_table, chroma_table = _tables(device)
     factor = quality_to_factor(quality.to(device))[:, None, None]  # (B, 1, 1)
-    dct = _dct_matrix(device)
-    luma = _code_plane(ycbcr[:, 0], luma_table * factor, dct)
-    cb, cr = (_code_plane(chroma[:, i], chroma_table * factor, dct) for i in (0, 1))
+    basis, scale = _dct_basis(device)
+    luma = _code_plane(ycbcr[:, 0], luma_table * factor, basis, scale)
+    cb, cr = (_code_plane(chroma[:, i], chroma_table * factor, basis, scale) for i in (0, 1))
     chroma = torch.stack((cb, cr), 1).repeat_interleave(2, -2).repeat_interleave(2, -1)  # (B, 2, H', W')
     decoded = torch.cat((luma[:, None], chroma), 1) - torch.tensor([0.0, 128.0, 128.0], device=device)[:, None, None]
     rgb = torch.einsum("dc,bchw->bdhw", torch.tensor(_YCBCR_TO_RGB, device=device), decoded)

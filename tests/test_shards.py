@@ -23,7 +23,7 @@ litdata = pytest.importorskip("litdata", reason="the cluster extra (litdata) is 
 
 from yonos.cli import main  # noqa: E402
 from yonos.data import crop_hr  # noqa: E402
-from yonos.shards import open_shards, read_index, write_shards  # noqa: E402
+from yonos.shards import open_shards, read_index, shard_loader, write_shards  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY, CLUSTER = ROOT / "experiments" / "tiny", ROOT / "experiments" / "cluster"
@@ -186,7 +186,7 @@ def test_s3_dataset_missing_prefix_is_named(s3_endpoint: dict[str, str]) -> None
 
 
 def epoch_batches(dataset, workers: int, epochs: int) -> list[list[list[int]]]:
-    loader = litdata.StreamingDataLoader(dataset, batch_size=2, num_workers=workers)
+    loader = shard_loader(dataset, batch_size=2, num_workers=workers)
     return [[batch["index"].tolist() for batch in loader] for _ in range(epochs)]
 
 
@@ -222,6 +222,23 @@ def test_odd_counts_keep_equal_rank_lengths_without_duplicates(eight_images: Pat
     assert len(per_rank[0]) == len(per_rank[1]) >= 1
     seen = [i for batches in per_rank for batch in batches for i in batch]
     assert len(seen) == len(set(seen))
+
+
+def test_a_resumed_loader_continues_then_starts_the_next_epoch_afresh(eight_images: Path, tmp_path: Path) -> None:
+    """As Lightning drives it: an epoch ends after len(loader) batches, without a call that meets StopIteration."""
+    location = str(tmp_path / "shards")
+    write_shards(eight_images, location, chunk_bytes="150KB")
+    uninterrupted = sum(epoch_batches(streaming(location), workers=0, epochs=3), [])
+    loader = shard_loader(streaming(location), batch_size=2, num_workers=0)
+    batches = iter(loader)
+    seen = [next(batches)["index"].tolist() for _ in range(3)]
+    state = loader.state_dict()
+    resumed = shard_loader(streaming(location), batch_size=2, num_workers=0)
+    resumed.load_state_dict(state)
+    for remaining in (len(resumed) - 3, len(resumed), len(resumed)):
+        batches = iter(resumed)
+        seen += [next(batches)["index"].tolist() for _ in range(remaining)]
+    assert len(uninterrupted) == 12 and seen == uninterrupted
 
 
 # Two ranks (gloo), killed and resumed.

@@ -351,14 +351,9 @@ class SRDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if not self.train_shards:
             return self._loader(self.train_set, self.batch_size, shuffle=True)
-        from litdata import StreamingDataLoader
+        from yonos.shards import shard_loader
 
-        # LitData splits the chunks between ranks and workers (equal lengths: it drops what does not fill a batch on
-        # every rank) and saves its position in Lightning checkpoints (state_dict / load_state_dict). Workers are not
-        # persistent: they must see the new epoch's order.
-        return StreamingDataLoader(
-            self.train_set, batch_size=self.batch_size, num_workers=self.num_workers, pin_memory=torch.cuda.is_available()
-        )
+        return shard_loader(self.train_set, self.batch_size, self.num_workers, pin_memory=torch.cuda.is_available())
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_set is None:

@@ -196,6 +196,37 @@ def _make_streaming_class() -> type:
     return StreamingHRDataset
 
 
+def _make_loader_class() -> type:
+    litdata = _litdata()
+
+    class ResumingStreamingDataLoader(litdata.StreamingDataLoader):
+        """LitData's loader, resumed once per ``load_state_dict``.
+
+        LitData keeps replaying the loaded position until a pass runs to StopIteration; Lightning ends an epoch after
+        ``len(loader)`` batches without asking for one more, so the pass after a resumed one would replay it again.
+        Here the pass after a resumed pass that yielded a batch starts a fresh epoch.
+        """
+
+        _resumed_pass_yielded = False
+
+        def __iter__(self):
+            if self._resumed_pass_yielded:
+                self.restore, self._resumed_pass_yielded = False, False
+            resumed = self.restore
+            for batch in super().__iter__():
+                self._resumed_pass_yielded = self._resumed_pass_yielded or resumed
+                yield batch
+
+    return ResumingStreamingDataLoader
+
+
+def shard_loader(dataset: Any, batch_size: int, num_workers: int, pin_memory: bool = False) -> Any:
+    """The training loader over :func:`open_shards`' dataset: LitData splits the chunks between ranks and workers
+    (equal lengths: what does not fill a batch on every rank is dropped) and its ``state_dict`` puts the position in
+    Lightning checkpoints. Workers are not persistent: each epoch's pass must see its new order."""
+    return _make_loader_class()(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
+
+
 def open_shards(
     location: str, crop: Callable[..., Tensor], seed: int, key: str = "data.train_shards", cache_dir: str | None = None
 ):

@@ -41,6 +41,9 @@ def make_images(folder: Path, count: int, width: int, height: int) -> int:
 
 
 def serve_s3(port: int, cert_dir: str) -> None:
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
     from werkzeug.serving import make_server
 

@@ -93,7 +93,7 @@ def streaming(location: str, seed: int = 0, world: int = 1, rank: int = 0):
 
 
 def raw_samples(location: str) -> dict[str, dict]:
-    dataset = litdata.StreamingDataset(location, cache_dir=str(Path(location) / ".." / "raw-cache") if "://" not in location else None)
+    dataset = litdata.StreamingDataset(location)  # a local folder: read in place
     return {sample["source"]: sample for sample in (dataset[i] for i in range(len(dataset)))}
 
 

@@ -1,5 +1,5 @@
 """Scaling out on CPU processes (gloo): the real `yonos` CLI with the experiments/cluster fragments, launched as
-subprocesses (torchrun, Lightning's own launcher, two "nodes" on the loopback address); sharded data; global batch
+subprocesses (torchrun, Lightning's own launcher, two "nodes" on the loopback address); sharded data (LitData); global batch
 arithmetic; resume after SIGKILL; a checkpoint on SIGTERM; distributed prediction.
 
 Each multi-process run records what the assertions need through tests/distributed_scripts/rank_probe.py.
@@ -14,19 +14,16 @@ import signal
 import socket
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, get_worker_info
 
 from yonos.callbacks import GlobalBatchSize, accumulation_steps
 from yonos.cli import main, run as run_cli
 from yonos.data import PaddedEvaluationSampler
-from yonos.shards import ShardedHRDataset, ShardSampler, expand_braces, resolve_shards, write_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "tests" / "distributed_scripts"
@@ -202,59 +199,7 @@ def test_every_stage_trains_with_bf16_checkpointing_and_accumulation(
     assert cli.trainer.global_step == 1 and cli.trainer.fit_loop.epoch_loop.batch_progress.total.completed == 2
 
 
-# Sharded data.
-
-
-def test_shards_round_trip_rerun_and_naming(sample_data: Path, tmp_path: Path) -> None:
-    out = tmp_path / "shards"
-    report = write_shards(sample_data / "train", out, shard_size=3)
-    assert [p.name for p in report.written] == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
-    for shard in report.written:
-        with tarfile.open(shard) as tar:
-            names = tar.getnames()
-            assert all(name.split(".")[0].isdigit() for name in names)  # WebDataset keys: <key>.<ext>
-            for meta in (n for n in names if n.endswith(".json")):
-                info = json.loads(tar.extractfile(meta).read())
-                image = next(n for n in names if n.startswith(meta[: -len(".json")]) and n != meta)
-                assert tar.extractfile(image).read() == (sample_data / "train" / info["source"]).read_bytes()
-    # A rerun keeps complete shards; a truncated one (a killed writer that bypassed the rename) is rewritten.
-    before = {p: p.stat().st_mtime_ns for p in report.written}
-    report.written[1].write_bytes(report.written[1].read_bytes()[:1000])
-    again = write_shards(sample_data / "train", out, shard_size=3)
-    assert again.written == [report.written[1]] and set(again.kept) == {report.written[0], report.written[2]}
-    assert all(p.stat().st_mtime_ns == before[p] for p in again.kept)
-    assert write_shards(sample_data / "train", out, shard_size=4).removed == [out / "shard-000002.tar"]
-    assert not list(out.glob(".*tmp"))
-    assert expand_braces(str(out / "shard-{000000..000001}.tar")) == [str(out / "shard-000000.tar"), str(out / "shard-000001.tar")]
-    assert resolve_shards(str(out)) == resolve_shards(str(out / "shard-{000000..000001}.tar"))
-
-
-class WorkerTaggedShards(ShardedHRDataset):
-    def __getitem__(self, item: tuple[int, int]) -> dict:
-        worker = get_worker_info()
-        return {**super().__getitem__(item), "worker": torch.tensor(worker.id if worker else -1)}
-
-
-def test_two_ranks_by_two_workers_see_every_sample_once_per_epoch(sample_data: Path, tmp_path: Path) -> None:
-    images = tmp_path / "eight"
-    shutil.copytree(sample_data / "train", images)
-    shutil.copy(sample_data / "val" / "chelsea.png", images / "chelsea.png")
-    write_shards(images, tmp_path / "shards", shard_size=3)  # 3 + 3 + 2 samples
-    dataset = WorkerTaggedShards(resolve_shards(str(tmp_path / "shards")), hr_size=32, seed=0)
-    orders = []
-    for epoch in (0, 1):
-        seen, workers = [], set()
-        for rank in (0, 1):
-            sampler = ShardSampler(dataset.shard_sizes, num_replicas=2, rank=rank, seed=0, batch_size=2)
-            sampler.set_epoch(epoch)
-            for batch in DataLoader(dataset, batch_size=2, sampler=sampler, num_workers=2, drop_last=True):
-                seen += batch["index"].tolist()
-                workers |= {(rank, int(w)) for w in batch["worker"]}
-        assert sorted(seen) == list(range(8)) and workers == {(0, 0), (0, 1), (1, 0), (1, 1)}
-        orders.append(seen)
-    assert orders[0] != orders[1]  # reshuffled every epoch
-    crop = dataset[(0, 5)]["hr"]
-    assert crop.shape == (3, 32, 32) and torch.equal(crop, dataset[(0, 5)]["hr"])  # crops: a function of (epoch, sample)
+# Evaluation across ranks (sharded training data: tests/test_shards.py).
 
 
 def test_evaluation_padding_is_flagged_not_counted() -> None:
@@ -300,7 +245,8 @@ def test_ddp_under_torchrun_ranks_draw_differently_and_stay_in_sync(data: Path, 
 
 @pytest.mark.slow
 def test_two_nodes_on_the_loopback_address_split_the_shards(data: Path, tmp_path: Path) -> None:
-    write_shards(data / "train", tmp_path / "shards", shard_size=3)  # 7 samples: 3 + 3 + 1
+    pytest.importorskip("litdata", reason="the cluster extra (litdata) is not installed")
+    main(["shard", str(data / "train"), str(tmp_path / "shards"), "--chunk-bytes", "150KB"])  # 7 samples
     probe, env = tmp_path / "probe", clean_env(tmp_path / "probe")
     args = [
         "-m", "yonos", "fit", "-c", str(TINY / "teacher_x2.yaml"), "-c", str(CLUSTER / "ddp.yml"),
@@ -314,9 +260,11 @@ def test_two_nodes_on_the_loopback_address_split_the_shards(data: Path, tmp_path
     ranks = probes(probe)
     assert [(r["node_rank"], r["global_rank"], r["world_size"]) for r in ranks] == [(0, 0, 2), (1, 1, 2)]
     assert ranks[0]["end"]["trainable"] == ranks[1]["end"]["trainable"]
-    # The epoch: 7 samples padded to 8, 4 per rank in 2 batches; together the ranks read every sample.
-    read = [i for r in ranks for batch in r["train_batches"] for i in batch]
-    assert len(read) == 8 and sorted(set(read)) == list(range(7))
+    # 7 samples on 2 ranks: 3 each, one full batch of 2 per epoch; the ranks never read the same sample in an epoch.
+    assert [len(r["train_batches"]) for r in ranks] == [2, 2]
+    for epoch in (0, 1):
+        read = [i for r in ranks for i in r["train_batches"][epoch]]
+        assert len(read) == 4 and len(set(read)) == 4 and set(read) <= set(range(7))
 
 
 @pytest.mark.slow
@@ -435,7 +383,10 @@ def batches_seen(probe: Path) -> int:
 
 @pytest.mark.slow
 def test_resume_after_sigkill_restores_step_optimizer_ema_and_data_position(sample_data: Path, tmp_path: Path) -> None:
-    main(["shard", str(sample_data / "train"), str(tmp_path / "shards"), "--shard-size", "3"])
+    pytest.importorskip("litdata", reason="the cluster extra (litdata) is not installed")
+    from test_shards import epoch_batches, streaming
+
+    main(["shard", str(sample_data / "train"), str(tmp_path / "shards"), "--chunk-bytes", "150KB"])
     callbacks = tmp_path / "callbacks.yaml"
     callbacks.write_text(
         "trainer:\n  callbacks:\n"
@@ -445,7 +396,7 @@ def test_resume_after_sigkill_restores_step_optimizer_ema_and_data_position(samp
     )
     base = [
         "-m", "yonos", "fit", "-c", str(TINY / "teacher_x2_realesrgan.yaml"), "-c", str(callbacks),
-        "--data.train_shards", str(tmp_path / "shards"), "--data.train_repeat", "8", "--trainer.limit_val_batches", "0",
+        "--data.train_shards", str(tmp_path / "shards"), "--data.train_repeat", "1", "--trainer.limit_val_batches", "0",
         *[a for a in tiny_args(tmp_path, sample_data) if a != "--trainer.callbacks+=rank_probe.RankProbe"],
     ]
     log = tmp_path / "killed.log"
@@ -460,9 +411,7 @@ def test_resume_after_sigkill_restores_step_optimizer_ema_and_data_position(samp
     assert step > 0 and step % 3 == 0  # the last periodic checkpoint before the kill
     assert resumed["start"] == json.loads((tmp_path / "probe1" / f"saved-step{step}-rank0.json").read_text())
     # Sharded data continue with the batch after the checkpoint, as the uninterrupted run read them.
-    sampler = ShardSampler(ShardedHRDataset(resolve_shards(str(tmp_path / "shards")), 32, 0).shard_sizes, 1, 0, 0, 2, repeat=8)
-    order = [index for _, index in sampler]
-    uninterrupted = [order[i : i + 2] for i in range(0, len(order), 2)]
+    uninterrupted = sum(epoch_batches(streaming(str(tmp_path / "shards")), workers=0, epochs=3), [])  # 3 batches each
     killed_run = json.loads((tmp_path / "probe1" / "fit-rank0.json").read_text())["train_batches"]
     assert killed_run == uninterrupted[: len(killed_run)]
     assert resumed["train_batches"] == uninterrupted[step:8] and resumed["end"]["global_step"] == 8

@@ -34,9 +34,9 @@ stage yaml; ``global_batch.yml`` fixes the samples per optimizer step whatever t
     # distributed inference: every image written exactly once
     yonos predict -c experiments/tiny/teacher_x2.yaml -c experiments/cluster/ddp.yml --trainer.devices 2 \
         --ckpt_path PATH.ckpt --data.predict_dir LR_DIR
-    # WebDataset-format tar shards for clusters, then train on them
-    yonos shard data/DIV2K/train_HR data/shards/div2k --shard-size 1000
-    yonos fit -c experiments/teacher_x2.yaml --data.train_shards data/shards/div2k
+    # a LitData dataset for clusters (folder or s3:// URL; the `cluster` extra), then train on it
+    yonos shard data/DIV2K/train_HR s3://BUCKET/div2k
+    yonos fit -c experiments/teacher_x2.yaml --data.train_shards s3://BUCKET/div2k
 
 Environment: MASTER_ADDR / MASTER_PORT (rendezvous; derived from SLURM_NODELIST / SLURM_JOB_ID under SLURM),
 NODE_RANK (manual multi-node), LOCAL_RANK / WORLD_SIZE (set by torchrun), NCCL_SOCKET_IFNAME / NCCL_IB_HCA (which

@@ -6,6 +6,7 @@ LightningModules never override that hook. The batch contract is :class:`SRBatch
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from pathlib import Path
@@ -281,9 +282,9 @@ class SRDataModule(pl.LightningDataModule):
             batch_size: per-device training batch size.
             val_batch_size: per-device validation batch size (default: batch_size).
             seed: base seed; training rank r draws from seed + r, validation sample i from (seed, i).
-            train_repeat: how many times an epoch visits each training image (for small folders; shards too).
-            train_shards: WebDataset-format tar shards of HR images (``yonos shard``): their folder, a brace
-                pattern (``DIR/shard-{000000..000009}.tar``) or one file; when set, train_dir is not read.
+            train_repeat: how many times an epoch visits each training image (image folders only).
+            train_shards: a LitData dataset of HR images written by ``yonos shard``: its folder or an ``s3://`` /
+                ``gs://`` URL (needs the ``cluster`` extra); when set, train_dir is not read.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -319,9 +320,11 @@ class SRDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.train_shards:
-            from yonos.shards import ShardedHRDataset, resolve_shards  # shards.py imports this module
+            from yonos.shards import open_shards  # LitData: the `cluster` extra
 
-            self.train_set = ShardedHRDataset(resolve_shards(self.train_shards), self.hr_size, self.seed)
+            if self.train_repeat > 1:
+                warnings.warn("data.train_repeat applies to data.train_dir only: with data.train_shards an epoch is one pass")
+            self.train_set = open_shards(self.train_shards, functools.partial(crop_hr, hr_size=self.hr_size), self.seed)
         elif stage == "fit":
             train_set = HRFolderDataset(self.train_dir, self.hr_size, train=True, key="data.train_dir")
             self.train_set = ConcatDataset([train_set] * self.train_repeat) if self.train_repeat > 1 else train_set
@@ -351,21 +354,9 @@ class SRDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if not self.train_shards:
             return self._loader(self.train_set, self.batch_size, shuffle=True)
-        from yonos.shards import ShardSampler
+        from yonos.shards import shard_loader
 
-        replicas, rank = data_parallel_layout(self.trainer)
-        sampler = ShardSampler(
-            self.train_set.shard_sizes, replicas, rank, self.seed, self.batch_size, self.train_repeat, self._resume_position()
-        )
-        return self._loader(self.train_set, self.batch_size, shuffle=True, sampler=sampler)
-
-    def _resume_position(self) -> tuple[int, int] | None:
-        """(epoch, batches done in it) of the checkpoint a run resumes from, as restored into Lightning's loop."""
-        trainer = getattr(self, "trainer", None)
-        if trainer is None or not trainer.fit_loop.restarting:
-            return None
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return (trainer.current_epoch, done) if done > 0 else None
+        return shard_loader(self.train_set, self.batch_size, self.num_workers, pin_memory=torch.cuda.is_available())
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_set is None:

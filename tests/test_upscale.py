@@ -15,6 +15,7 @@ from yonos import export, upscale
 from yonos.images import decode_png, encode_png, read_image
 from yonos.models import LatentCodec
 from yonos.pipeline import YonosSRPipeline
+from yonos.png_stream import PngRowWriter
 
 SCALE = 2
 
@@ -169,16 +170,15 @@ def test_interrupted_run_leaves_no_partial_file_and_a_rerun_resumes(
     folder.mkdir()
     for name in ("a", "b", "c"):
         Image.fromarray(rgb8(16, 16, seed=ord(name))).save(folder / f"{name}.png")
-    real_save, saves = Image.Image.save, []
+    real_write, files = PngRowWriter.write, []
 
-    def killed_during_second_write(self: Image.Image, fp: object, *args: object, **kwargs: object) -> None:
-        saves.append(fp)
-        if len(saves) < 2:
-            return real_save(self, fp, *args, **kwargs)
-        Path(fp).write_bytes(b"\x89PNG\r\n\x1a\n partial")  # some bytes reach the disk, then the process dies
-        raise KeyboardInterrupt
+    def killed_during_second_file(self: PngRowWriter, rows: np.ndarray) -> None:
+        files.append(self.path) if self.path not in files else None
+        real_write(self, rows)  # some bytes reach the disk, then Ctrl-C arrives
+        if len(files) == 2:
+            raise KeyboardInterrupt
 
-    monkeypatch.setattr(Image.Image, "save", killed_during_second_write)
+    monkeypatch.setattr(PngRowWriter, "write", killed_during_second_file)
     assert run(folder, "-o", out, "--model", model_dir) == 130
     assert all_files(out) == ["a.png"]  # b never appears half-written; no temporary is left behind
     monkeypatch.undo()

@@ -37,8 +37,8 @@ from yonos.pipeline_io import (
     to_items,
     vae_compute_dtype,
 )
-from yonos.tile_norm import preview_of, record_stats, shared_stats
-from yonos.tiling import tiled_map, tiled_rows
+from yonos.tile_norm import record_stats, sample_tiles, shared_stats
+from yonos.tiling import tile_starts, tiled_map, tiled_rows
 
 OutputType = Literal["pil", "pt", "np", "latent"]
 TileNorm = Literal["shared", "tile"]
@@ -49,6 +49,10 @@ Measured (benchmarks/inference.py, H100): sd21-base with a bf16 UNet and an fp32
 tiles, 1.2 GiB above the loaded weights, at 512² and at 2048² output alike: it fits any GPU that holds the model."""
 DEFAULT_TILE_OVERLAP = 128
 """A quarter of a tile (16 latent pixels), StableSR's ratio: room for a smooth Gaussian hand-over between tiles."""
+
+STAT_TILES = 16
+"""Tiles whose GroupNorm statistics are pooled for ``tile_norm="shared"`` (spread over the image; all when fewer)."""
+
 
 class NonFiniteOutputError(ValueError):
     """The network produced NaN or inf (typically fp16 overflow); nothing should be written."""
@@ -383,8 +387,9 @@ class YonosSRPipeline(DiffusionPipeline):
             return codec.encode(read(0, padded[0])).float()
         stats = []
         if settings.tile_norm == "shared":
-            preview = _resized(lr, _preview_size(padded, tile, self.size_multiple))
-            stats = record_stats(codec.encode, self.vae.encoder, preview)
+            starts = _grid(padded, tile, overlap, codec.downsample_factor)
+            crops = (read(top, top + tile)[..., left : left + tile] for top, left in sample_tiles(starts, STAT_TILES))
+            stats = record_stats(codec.encode, self.vae.encoder, crops)
         with shared_stats(self.vae.encoder, stats):
             bands = tiled_rows(codec.encode, read, padded, tile, overlap, codec.downsample_factor, settings.tiles_per_call)
             return torch.cat([rows for _, rows in bands], dim=-2)
@@ -435,10 +440,11 @@ class YonosSRPipeline(DiffusionPipeline):
         fixer = ColorFixRows(settings.color_fix, lambda top, bottom: upsampled_rows(lr, settings.scale, top, bottom), height)
         factor = codec.downsample_factor
         tile, overlap = settings.tiles or (1 << 30, 0)
-        stats = []
+        stats, latent_tile = [], tile // factor
         if settings.tile_norm == "shared" and max(z_0.shape[-2:]) * factor > tile:
-            preview = preview_of(z_0, tile // factor, self.size_multiple // factor)
-            stats = record_stats(codec.decode, self.vae.decoder, preview)
+            starts = _grid(tuple(z_0.shape[-2:]), latent_tile, overlap // factor, 1)
+            crops = (z_0[..., t : t + latent_tile, left : left + latent_tile] for t, left in sample_tiles(starts, STAT_TILES))
+            stats = record_stats(codec.decode, self.vae.decoder, crops)
         with shared_stats(self.vae.decoder, stats):
             if max(z_0.shape[-2:]) * factor <= tile:
                 bands = iter([(0, codec.decode(z_0))])
@@ -479,17 +485,9 @@ def _check_finite(tensor: Tensor, indices: list[int], what: str) -> None:
         raise NonFiniteOutputError(f"{names}: {what} contains NaN or inf; run in float32 or bfloat16 (fp16 overflows)")
 
 
-def _preview_size(size: tuple[int, int], tile: int, multiple: int) -> tuple[int, int]:
-    """``size`` shrunk to fit one tile, sides multiples of ``multiple``."""
-    factor = max(size) / tile
-    return tuple(max(multiple, int(side / factor) // multiple * multiple) for side in size)
-
-
-def _resized(lr: Tensor, size: tuple[int, int]) -> Tensor:
-    """The LR at ``size``: bicubic up, area average down (a preview of the condition, for GroupNorm statistics)."""
-    if size[0] >= lr.shape[-2] and size[1] >= lr.shape[-1]:
-        return torch.nn.functional.interpolate(lr, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
-    return torch.nn.functional.interpolate(lr, size=size, mode="area")
+def _grid(size: tuple[int, int], tile: int, overlap: int, align: int) -> tuple[list[int], list[int]]:
+    """The tile offsets (tops, lefts) tiled_rows uses for ``size``."""
+    return tuple(tile_starts(side, min(tile, side), overlap, align) for side in size)
 
 
 def _register_with_diffusers() -> None:

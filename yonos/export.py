@@ -43,7 +43,6 @@ def export_pipeline(ckpt: str | Path, out: str | Path, overwrite: bool = False) 
     try:
         pipeline.save_pretrained(staging)
         write_model_card(staging / "README.md", pipeline, training_record(ckpt))
-        _add_load_hint(staging / "model_index.json")
         _move_into_place(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -117,7 +116,7 @@ def write_model_card(path: Path, pipeline: YonosSRPipeline, training: dict[str, 
     path.write_text("\n".join(lines) + "\n")
 
 
-def _add_load_hint(index: Path) -> None:
+def add_load_hint(index: Path) -> None:
     """A ``_yonos`` entry in model_index.json saying what loading needs (diffusers ignores keys starting with _)."""
     config = json.loads(index.read_text())
     config["_yonos"] = LOAD_HINT

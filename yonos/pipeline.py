@@ -167,10 +167,12 @@ class YonosSRPipeline(DiffusionPipeline):
         return loaded
 
     def save_pretrained(self, save_directory: str | Path, *args: Any, **kwargs: Any) -> None:
-        """diffusers' ``save_pretrained`` plus a model card (``README.md``) when the folder has none."""
+        """diffusers' ``save_pretrained`` plus a model card (``README.md``) when the folder has none, and a ``_yonos``
+        entry in ``model_index.json`` saying what loading the folder needs."""
         super().save_pretrained(save_directory, *args, **kwargs)
-        from yonos.export import write_model_card
+        from yonos.export import add_load_hint, write_model_card
 
+        add_load_hint(Path(save_directory) / "model_index.json")
         card = Path(save_directory) / "README.md"
         if not card.exists():
             write_model_card(card, self)
@@ -296,6 +298,8 @@ class YonosSRPipeline(DiffusionPipeline):
             raise ValueError(f"tile_norm must be 'shared' or 'tile', got {tile_norm!r}")
         tiles = self._tile_plan(tile_size, tile_overlap)
         dtype = vae_compute_dtype(self.vae, vae_dtype or torch.float32)
+        if any(hasattr(module, "_hf_hook") for module in self.vae.modules() if isinstance(module, nn.GroupNorm)):
+            tile_norm = "tile"  # sequential offload: the GroupNorm weights exist only inside accelerate's hooks
         return _Settings(scale, steps, tiles, max(1, int(tiles_per_call)), tile_norm, color_fix, dtype)
 
     def _tile_plan(self, tile_size: int | None, tile_overlap: int) -> tuple[int, int] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -205,3 +206,32 @@ def test_nan_output_is_reported_and_nothing_is_written(
     printed = capsys.readouterr()
     assert f"FAILED {source}: NonFiniteOutputError" in printed.out + printed.err
     assert not (tmp_path / "out").exists() or all_files(tmp_path / "out") == []
+
+
+def test_exported_folder_has_a_model_card_with_the_training_record(model_dir: Path):
+    card = (model_dir / "README.md").read_text()
+
+    assert card.startswith("---\nlibrary_name: diffusers\npipeline_tag: image-to-image\n")
+    assert "optimizer steps: 2" in card and "trained scale: x2" in card and "`teacher.ckpt`" in card
+    assert "import yonos" in card and "pip install yonos" in card
+
+
+def test_ctrl_c_during_a_large_image_stops_at_once_and_leaves_no_file(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    source, out = tmp_path / "big.png", tmp_path / "out"
+    Image.fromarray(rgb8(48, 40)).save(source)  # 96 x 80 output in 32 px tiles: several bands
+    real_write, bands = PngRowWriter.write, []
+
+    def sigint_after_first_band(self: PngRowWriter, rows: np.ndarray) -> None:
+        real_write(self, rows)
+        bands.append(len(rows))
+        if len(bands) == 1:
+            signal.raise_signal(signal.SIGINT)  # what Ctrl-C delivers; Python raises KeyboardInterrupt next
+
+    monkeypatch.setattr(PngRowWriter, "write", sigint_after_first_band)
+
+    code = run(source, "-o", out, "--model", model_dir, "--tile-size", "32", "--tile-overlap", "8")
+
+    assert code == 130 and len(bands) == 1 and bands[0] < 96  # stopped after the first band, not at the end
+    assert not out.exists() or all_files(out) == []  # no partial file, no temporary

@@ -26,19 +26,22 @@ from yonos.colorfix import COLOR_FIX_MODES, ColorFix, ColorFixRows
 from yonos.diffusion import predict_x0
 from yonos.inference import padded_size, size_multiple, upsampled_rows
 from yonos.models import PROMPT_LENGTH, SRDenoiser
-from yonos.pipeline_io import (
+from yonos.pipeline_io import (  # noqa: F401 - NonFiniteOutputError: part of this module's interface
     AnyLatentCodec,
     CastCodec,
     Generators,
     ImageInput,
+    NonFiniteOutputError,
     OutputBuffer,
+    check_finite,
     draw_noise,
+    same_size_batches,
     stack_outputs,
     to_items,
     vae_compute_dtype,
 )
 from yonos.tile_norm import record_stats, sample_tiles, shared_stats
-from yonos.tiling import tile_starts, tiled_map, tiled_rows
+from yonos.tiling import tile_grid, tiled_map, tiled_rows
 
 OutputType = Literal["pil", "pt", "np", "latent"]
 TileNorm = Literal["shared", "tile"]
@@ -52,10 +55,6 @@ DEFAULT_TILE_OVERLAP = 128
 
 STAT_TILES = 16
 """Tiles whose GroupNorm statistics are pooled for ``tile_norm="shared"`` (spread over the image; all when fewer)."""
-
-
-class NonFiniteOutputError(ValueError):
-    """The network produced NaN or inf (typically fp16 overflow); nothing should be written."""
 
 
 class PromptEmbedding(ModelMixin, ConfigMixin):
@@ -240,7 +239,7 @@ class YonosSRPipeline(DiffusionPipeline):
         items = [item.repeat_interleave(num_images_per_prompt, 0) for item in to_items(image, device)]
         noise = self._noise(items, settings.scale, generator, latents, device)
         images: list[Any] = [None] * sum(len(item) for item in items)
-        for indices, lr, batch_noise in self._batches(items, noise, batch_size):
+        for indices, lr, batch_noise in same_size_batches(items, noise, batch_size):
             out_size = (lr.shape[-2] * settings.scale, lr.shape[-1] * settings.scale)
             sink = None if output_type == "latent" else OutputBuffer(len(indices), *out_size, output_type, device)
             z_0 = self._run(lr, batch_noise, settings, sink.write if sink else None, indices,
@@ -350,21 +349,6 @@ class YonosSRPipeline(DiffusionPipeline):
             raise ValueError(f"latents of shape {tuple(latents.shape)}; these images need {expected} (one size only)")
         return list(latents.to(device=device, dtype=torch.float32).split([shape[0] for shape in shapes]))
 
-    @staticmethod
-    def _batches(items: list[Tensor], noise: list[Tensor], batch_size: int):
-        """(output indices, LR batch, noise batch): same-size images together, at most ``batch_size`` per batch."""
-        by_size: dict[tuple[int, int], list[tuple[int, Tensor, Tensor]]] = {}
-        index = 0
-        for item, item_noise in zip(items, noise):
-            for image, image_noise in zip(item.split(1), item_noise.split(1)):
-                by_size.setdefault(tuple(image.shape[-2:]), []).append((index, image, image_noise))
-                index += 1
-        for group in by_size.values():
-            for start in range(0, len(group), batch_size):
-                chunk = group[start : start + batch_size]
-                lr, z = torch.cat([c[1] for c in chunk]), torch.cat([c[2] for c in chunk])
-                yield [c[0] for c in chunk], lr, z
-
     def _run(
         self, lr: Tensor, noise: Tensor, settings: _Settings, sink: Callable[[int, Tensor], None] | None,
         indices: list[int], callback: Any, callback_inputs: list[str],
@@ -376,7 +360,7 @@ class YonosSRPipeline(DiffusionPipeline):
         codec = CastCodec(self.codec, settings.vae_dtype)
         z_lr = self._encode(lr, settings, padded, codec)
         z_0 = self._sample(z_lr, noise, settings, callback, callback_inputs)
-        _check_finite(z_0, indices, f"the UNet ({self._unet_dtype()}) output")
+        check_finite(z_0, indices, f"the UNet ({self._unet_dtype()}) output")
         if sink is not None:
             self._decode(z_0, lr, (height, width), settings, codec, sink, indices)
         return z_0
@@ -391,7 +375,7 @@ class YonosSRPipeline(DiffusionPipeline):
             return codec.encode(read(0, padded[0])).float()
         stats = []
         if settings.tile_norm == "shared":
-            starts = _grid(padded, tile, overlap, codec.downsample_factor)
+            starts = tile_grid(padded, tile, overlap, codec.downsample_factor)
             crops = (read(top, top + tile)[..., left : left + tile] for top, left in sample_tiles(starts, STAT_TILES))
             stats = record_stats(codec.encode, self.vae.encoder, crops)
         with shared_stats(self.vae.encoder, stats):
@@ -446,7 +430,7 @@ class YonosSRPipeline(DiffusionPipeline):
         tile, overlap = settings.tiles or (1 << 30, 0)
         stats, latent_tile = [], tile // factor
         if settings.tile_norm == "shared" and max(z_0.shape[-2:]) * factor > tile:
-            starts = _grid(tuple(z_0.shape[-2:]), latent_tile, overlap // factor, 1)
+            starts = tile_grid(tuple(z_0.shape[-2:]), latent_tile, overlap // factor, 1)
             crops = (z_0[..., t : t + latent_tile, left : left + latent_tile] for t, left in sample_tiles(starts, STAT_TILES))
             stats = record_stats(codec.decode, self.vae.decoder, crops)
         with shared_stats(self.vae.decoder, stats):
@@ -460,7 +444,7 @@ class YonosSRPipeline(DiffusionPipeline):
                 if top >= height:
                     continue
                 rows = rows[..., : height - top, :width].float()
-                _check_finite(rows, indices, f"the VAE decoder ({codec.dtype}) output")
+                check_finite(rows, indices, f"the VAE decoder ({codec.dtype}) output")
                 for band_top, fixed in fixer.push(top, rows):
                     sink(band_top, fixed)
         for band_top, fixed in fixer.finish():
@@ -478,20 +462,6 @@ class YonosSRPipeline(DiffusionPipeline):
             "yonos:unet_dtype": str(self._unet_dtype()).removeprefix("torch."),
             "yonos:vae_dtype": str(settings.vae_dtype).removeprefix("torch."),
         }
-
-
-def _check_finite(tensor: Tensor, indices: list[int], what: str) -> None:
-    """Raise naming the images (output indices) of the batch ``tensor`` that hold NaN or inf."""
-    finite = torch.isfinite(tensor.flatten(1)).all(1)
-    if not finite.all():
-        bad = [str(index) for index, ok in zip(indices, finite.tolist()) if not ok]
-        names = f"image {bad[0]}" if len(bad) == 1 else f"images {', '.join(bad)}"
-        raise NonFiniteOutputError(f"{names}: {what} contains NaN or inf; run in float32 or bfloat16 (fp16 overflows)")
-
-
-def _grid(size: tuple[int, int], tile: int, overlap: int, align: int) -> tuple[list[int], list[int]]:
-    """The tile offsets (tops, lefts) tiled_rows uses for ``size``."""
-    return tuple(tile_starts(side, min(tile, side), overlap, align) for side in size)
 
 
 def _register_with_diffusers() -> None:

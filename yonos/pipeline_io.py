@@ -8,6 +8,7 @@ negative value (the rule of diffusers' ``VaeImageProcessor``); uint8 / uint16 ar
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -89,6 +90,36 @@ def draw_noise(shapes: list[tuple[int, ...]], generator: Generators, device: tor
         return noise
     source = generator.device if generator is not None else device
     return [torch.randn(shape, generator=generator, device=source).to(device) for shape in shapes]
+
+
+def same_size_batches(
+    items: list[Tensor], noise: list[Tensor], batch_size: int
+) -> Iterator[tuple[list[int], Tensor, Tensor]]:
+    """(output indices, LR batch, noise batch): same-size images together, at most ``batch_size`` per batch."""
+    by_size: dict[tuple[int, int], list[tuple[int, Tensor, Tensor]]] = {}
+    index = 0
+    for item, item_noise in zip(items, noise):
+        for image, image_noise in zip(item.split(1), item_noise.split(1)):
+            by_size.setdefault(tuple(image.shape[-2:]), []).append((index, image, image_noise))
+            index += 1
+    for group in by_size.values():
+        for start in range(0, len(group), batch_size):
+            chunk = group[start : start + batch_size]
+            lr, z = torch.cat([c[1] for c in chunk]), torch.cat([c[2] for c in chunk])
+            yield [c[0] for c in chunk], lr, z
+
+
+class NonFiniteOutputError(ValueError):
+    """The network produced NaN or inf (typically fp16 overflow); nothing should be written."""
+
+
+def check_finite(tensor: Tensor, indices: list[int], what: str) -> None:
+    """Raise naming the images (output indices) of the batch ``tensor`` that hold NaN or inf."""
+    finite = torch.isfinite(tensor.flatten(1)).all(1)
+    if not finite.all():
+        bad = [str(index) for index, ok in zip(indices, finite.tolist()) if not ok]
+        names = f"image {bad[0]}" if len(bad) == 1 else f"images {', '.join(bad)}"
+        raise NonFiniteOutputError(f"{names}: {what} contains NaN or inf; run in float32 or bfloat16 (fp16 overflows)")
 
 
 class AnyLatentCodec(LatentCodec):

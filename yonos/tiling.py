@@ -30,6 +30,11 @@ def tile_starts(length: int, tile: int, overlap: int, align: int = 1) -> list[in
     return list(range(0, length - tile, stride)) + [length - tile]
 
 
+def tile_grid(size: tuple[int, int], tile: int, overlap: int, align: int) -> tuple[list[int], list[int]]:
+    """The tile offsets (tops, lefts) tiled_rows uses for ``size``."""
+    return tuple(tile_starts(side, min(tile, side), overlap, align) for side in size)
+
+
 def gaussian_weights(size: int, overlap: int, device: torch.device) -> Tensor:
     """1-D blending weights (size,) of a tile: a Gaussian centred on the tile, floored at ``MIN_WEIGHT``.
 

@@ -213,8 +213,9 @@ class YonosSRPipeline(DiffusionPipeline):
                 Images that fit in one tile take the untiled path.
             tile_overlap: output pixels shared by neighbouring tiles (rounded down to the VAE factor).
             tiles_per_call: tiles stacked into one UNet / VAE call.
-            tile_norm: ``shared``: the VAE's GroupNorms use one set of statistics per image, measured on a preview
-                of the whole image (yonos.tile_norm), so tiles do not shift tone; ``tile``: each tile its own.
+            tile_norm: ``shared``: the VAE's GroupNorms use one set of statistics per image, pooled over up to
+                ``STAT_TILES`` of its tiles (yonos.tile_norm), so tiles do not shift tone; ``tile``: each tile its
+                own (also what sequential CPU offload gets: its GroupNorm weights live inside accelerate's hooks).
             color_fix: ``adain`` / ``wavelet`` against the bicubic-upsampled LR, or ``none``.
             output_type: ``pil``, ``np``, ``pt``, or ``latent`` (the sampled latents, before decoding).
             vae_dtype: precision the VAE computes in; float32 when None (fp16 VAE decoding overflows to NaN). The
@@ -233,7 +234,7 @@ class YonosSRPipeline(DiffusionPipeline):
                                   color_fix, output_type, vae_dtype)
         callback_inputs = self._callback_inputs(callback_on_step_end, callback_on_step_end_tensor_inputs)
         if num_images_per_prompt < 1 or batch_size < 1:
-            raise ValueError(f"num_images_per_prompt and batch_size must be >= 1, got {num_images_per_prompt}, {batch_size}")
+            raise ValueError(f"num_images_per_prompt and batch_size must be >= 1: {num_images_per_prompt}, {batch_size}")
         self._interrupt = False
         device = self._input_device()
         items = [item.repeat_interleave(num_images_per_prompt, 0) for item in to_items(image, device)]
@@ -324,12 +325,13 @@ class YonosSRPipeline(DiffusionPipeline):
     def _input_device(self) -> torch.device:
         """``_execution_device`` (right under offload hooks), without its walk over every module when none is set."""
         first = next(self.unet.parameters())
-        if first.device.type != "meta" and not hasattr(self.unet, "_hf_hook") and not hasattr(self.unet, "_diffusers_hook"):
+        hooked = hasattr(self.unet, "_hf_hook") or hasattr(self.unet, "_diffusers_hook")
+        if first.device.type != "meta" and not hooked:
             return first.device
         return self._execution_device
 
     def _unet_dtype(self) -> torch.dtype:
-        """The dtype UNet inputs are cast to: its weights', or the compute dtype of layerwise casting (float8 storage)."""
+        """The dtype UNet inputs are cast to: its weights', or layerwise casting's compute dtype (float8 storage)."""
         dtype = next(self.unet.parameters()).dtype
         return self.unet.dtype if dtype.itemsize == 1 else dtype
 
@@ -379,7 +381,8 @@ class YonosSRPipeline(DiffusionPipeline):
             crops = (read(top, top + tile)[..., left : left + tile] for top, left in sample_tiles(starts, STAT_TILES))
             stats = record_stats(codec.encode, self.vae.encoder, crops)
         with shared_stats(self.vae.encoder, stats):
-            bands = tiled_rows(codec.encode, read, padded, tile, overlap, codec.downsample_factor, settings.tiles_per_call)
+            factor = codec.downsample_factor
+            bands = tiled_rows(codec.encode, read, padded, tile, overlap, factor, settings.tiles_per_call)
             return torch.cat([rows for _, rows in bands], dim=-2)
 
     def _sample(
@@ -425,13 +428,15 @@ class YonosSRPipeline(DiffusionPipeline):
     ) -> None:
         """Decode by tile rows, crop the padding, colour-correct against the bicubic LR, hand each band to ``sink``."""
         height, width = size
-        fixer = ColorFixRows(settings.color_fix, lambda top, bottom: upsampled_rows(lr, settings.scale, top, bottom), height)
+        reference = lambda top, bottom: upsampled_rows(lr, settings.scale, top, bottom)  # noqa: E731
+        fixer = ColorFixRows(settings.color_fix, reference, height)
         factor = codec.downsample_factor
         tile, overlap = settings.tiles or (1 << 30, 0)
         stats, latent_tile = [], tile // factor
         if settings.tile_norm == "shared" and max(z_0.shape[-2:]) * factor > tile:
             starts = tile_grid(tuple(z_0.shape[-2:]), latent_tile, overlap // factor, 1)
-            crops = (z_0[..., t : t + latent_tile, left : left + latent_tile] for t, left in sample_tiles(starts, STAT_TILES))
+            offsets = sample_tiles(starts, STAT_TILES)
+            crops = (z_0[..., t : t + latent_tile, left : left + latent_tile] for t, left in offsets)
             stats = record_stats(codec.decode, self.vae.decoder, crops)
         with shared_stats(self.vae.decoder, stats):
             if max(z_0.shape[-2:]) * factor <= tile:

@@ -85,7 +85,8 @@ def draw_noise(shapes: list[tuple[int, ...]], generator: Generators, device: tor
         noise, start = [], 0
         for shape in shapes:
             own = generator[start : start + shape[0]]
-            noise.append(torch.cat([torch.randn((1, *shape[1:]), generator=g, device=g.device) for g in own]).to(device))
+            draws = [torch.randn((1, *shape[1:]), generator=g, device=g.device) for g in own]
+            noise.append(torch.cat(draws).to(device))
             start += shape[0]
         return noise
     source = generator.device if generator is not None else device

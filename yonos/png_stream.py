@@ -28,7 +28,8 @@ class PngRowWriter:
     def __init__(self, path: str | Path, height: int, width: int, channels: int, bit_depth: int = 8) -> None:
         if channels not in _PNG_COLOUR_TYPE or bit_depth not in (8, 16):
             raise ValueError(f"cannot write {path}: {channels} channels at {bit_depth} bits")
-        self.path, self.height, self.width, self.channels, self.bit_depth = Path(path), height, width, channels, bit_depth
+        self.path, self.height, self.width = Path(path), height, width
+        self.channels, self.bit_depth = channels, bit_depth
         self.path.parent.mkdir(parents=True, exist_ok=True)
         descriptor, temporary = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".png", dir=self.path.parent)
         self._file, self._temporary = os.fdopen(descriptor, "wb"), Path(temporary)
@@ -42,7 +43,7 @@ class PngRowWriter:
         """(n, W, C) uint8 (8-bit) or uint16 (16-bit) rows, the next ``n`` of the image."""
         expected = np.uint8 if self.bit_depth == 8 else np.uint16
         if rows.ndim != 3 or rows.shape[1:] != (self.width, self.channels) or rows.dtype != expected:
-            raise ValueError(f"{self.path}: rows {rows.shape} {rows.dtype}; expected (n, {self.width}, {self.channels})")
+            raise ValueError(f"{self.path}: rows {rows.shape} {rows.dtype}; need (n, {self.width}, {self.channels})")
         if self.rows_written + len(rows) > self.height:
             raise ValueError(f"{self.path}: more than {self.height} rows")
         raw = np.ascontiguousarray(rows.astype(">u2") if self.bit_depth == 16 else rows).view(np.uint8)

@@ -70,7 +70,8 @@ def tiled_map(
     height, width = x.shape[-2:]
     if height <= tile and width <= tile:
         return fn(x)
-    bands = tiled_rows(fn, lambda top, bottom: x[..., top:bottom, :], (height, width), tile, overlap, align, tiles_per_call)
+    read = lambda top, bottom: x[..., top:bottom, :]  # noqa: E731
+    bands = tiled_rows(fn, read, (height, width), tile, overlap, align, tiles_per_call)
     return torch.cat([rows for _, rows in bands], dim=-2)
 
 

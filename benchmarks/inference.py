@@ -22,8 +22,15 @@ batch 1 and 16, per ``--latency-modes`` (eager, and ``torch.compile`` of the UNe
 decoder in a compile mode); median of ``--latency-reps`` after warm-up. Target on an H100: <= 60 ms per image at
 batch 1. On a GPU: ``--sd21-size 512 --sd21-steps 200`` gives the sd21-base 1-vs-200-step row at 128 -> 512.
 
+Large photos (``--large-mpx 1 6 24 96``, each in a fresh process): ``yonos upscale``'s streaming path (``pipe.stream``
+into a PNG written band by band, wavelet colour fix, default tiles, tiny, x4) on smooth photo-like LR images up to
+3000x2000 -> 12000x8000: peak RSS, wall and CPU seconds per output megapixel (CPU seconds: the process's own, which a
+shared machine disturbs less than wall time), tiles per image; ``--tiles-per-call`` repeats them with tile batching.
+``--large-only`` runs only these rows.
+
 Ends with ONE JSON line: ``speedup_over_ideal`` (tiny), ``peak_mem_2048_over_512``, ``tiled_vs_untiled_psnr_db``
-(and, on CUDA, ``bf16_ms_per_image_b1`` / ``_b16``: the best of eager and compiled pipeline calls).
+(and, on CUDA, ``bf16_ms_per_image_b1`` / ``_b16``: the best of eager and compiled pipeline calls), and the large-image
+rows' ``peak_rss_mb_{N}mpx``, ``s_per_mpx_{N}mpx``, ``cpu_s_per_mpx_{N}mpx`` and ``peak_rss_24mpx_over_1mpx``.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ from diffusers.utils import logging as diffusers_logging
 from yonos.diffusion import make_scheduler
 from yonos.models import LatentCodec, SRDenoiser
 from yonos.pipeline import DEFAULT_TILE_OVERLAP, DEFAULT_TILE_SIZE, YonosSRPipeline
+from yonos.tiling import tile_starts
 
 
 def build_pipeline(
@@ -158,6 +166,81 @@ def peak_memory_child(preset: str, out_size: int, device: torch.device) -> dict:
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else rss.peak
     growth_mb, peak_mb = (peak - baseline) / 2**20, peak / 2**20
     return {"preset": preset, "size": out_size, "growth_mb": growth_mb, "peak_mb": peak_mb, "seconds": seconds}
+
+
+LARGE_SIZES = {1: (1024, 1024), 6: (3072, 2048), 24: (6000, 4000), 96: (12000, 8000)}
+"""Output megapixels -> (width, height) of the large-image rows (x4 from LR photos of 256² to 3000x2000)."""
+
+
+@torch.no_grad()
+def _use_stand_in_networks() -> None:
+    """Replace the VAE and UNet calls by cheap local functions of the same shapes (8x average pooling, nearest 8x
+    upsampling, a 3x3 convolution): what is left is the pipeline's own memory (condition, latents, blend buffers,
+    colour fix, PNG), measurable at 96 Mpx in seconds. The networks' activations are per tile: the 1 Mpx row of the
+    real tiny model holds them."""
+    from yonos.models import LatentCodec, SRDenoiser
+
+    weight = torch.randn(4, 8, 3, 3, generator=torch.Generator().manual_seed(0)) / 8
+    LatentCodec.encode = lambda self, image, **_: F.avg_pool2d(image * 2 - 1, 8).repeat(1, 2, 1, 1)[:, :4]
+    LatentCodec.decode = lambda self, z, clamp=True: (F.interpolate(z[:, :3], scale_factor=8) * 0.5 + 0.5).clamp(0, 1)
+    SRDenoiser.forward = lambda self, z_t, z_lr, t: torch.tanh(F.conv2d(torch.cat([z_t, z_lr], 1), weight, padding=1))
+
+
+def large_image_child(megapixels: int, device: torch.device, tiles_per_call: int, stand_in: bool = False) -> dict:
+    """Run in a fresh process: ``yonos upscale``'s path (pipe.stream into a PNG written band by band, wavelet colour
+    fix, default tiles) for one photo-like image x4 to ``LARGE_SIZES[megapixels]``; peak RSS and seconds."""
+    import tempfile
+
+    import numpy as np
+
+    from yonos.png_stream import PngRowWriter
+
+    width, height = LARGE_SIZES[megapixels]
+    if stand_in:
+        _use_stand_in_networks()
+    pipe = build_pipeline("tiny", 4, device)
+    pipe.set_progress_bar_config(disable=True)
+    pipe(torch.rand(1, 3, 16, 16).to(device), generator=torch.Generator().manual_seed(0))  # warm-up
+    lr = F.interpolate(torch.rand(1, 3, 8, 12, generator=torch.Generator().manual_seed(0)), size=(height // 4, width // 4),
+                       mode="bicubic").clamp(0, 1).to(device)  # smooth, photo-like content
+    gc.collect()
+    baseline = _rss_bytes()
+    start, cpu_start = time.perf_counter(), time.process_time()
+    with PeakRSS() as rss, tempfile.TemporaryDirectory() as folder:
+        with PngRowWriter(f"{folder}/out.png", height, width, 3) as png:
+
+            def write(top: int, rows: torch.Tensor) -> None:
+                png.write(rows[0].clamp(0, 1).mul(255).round().permute(1, 2, 0).to(torch.uint8).cpu().numpy())
+
+            pipe.stream(lr, write, generator=torch.Generator().manual_seed(0), color_fix="wavelet",
+                        tiles_per_call=tiles_per_call)
+            png.close()
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    tiles = math.prod(len(tile_starts(side, DEFAULT_TILE_SIZE, DEFAULT_TILE_OVERLAP, 8)) for side in (height, width))
+    return {"megapixels": megapixels, "size": f"{width}x{height}", "peak_mb": rss.peak / 2**20,
+            "growth_mb": (rss.peak - baseline) / 2**20, "seconds": seconds, "s_per_mpx": seconds / (width * height / 1e6),
+            "tiles": tiles, "tiles_per_call": tiles_per_call,
+            "cpu_s_per_mpx": cpu_seconds / (width * height / 1e6), "networks": "stand-in" if stand_in else "tiny"}
+
+
+def large_image(megapixels: int, device: torch.device, tiles_per_call: int, stand_in: bool = False) -> dict:
+    command = [sys.executable, __file__, "--child-large", str(megapixels), str(tiles_per_call), str(int(stand_in))]
+    command += ["--device", str(device)]
+    command += ["--threads", str(torch.get_num_threads())]
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    completed = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def _print_large(rows: list[dict]) -> None:
+    print(f"\n(e) large photos, x4, `yonos upscale`'s streaming path (PNG written band by band, wavelet colour fix), "
+          f"tiles {DEFAULT_TILE_SIZE}/{DEFAULT_TILE_OVERLAP}, tiny, peak RSS of a fresh process")
+    print("| networks | output | Mpx | tiles | tiles per call | peak RSS (MiB) | growth over loaded model (MiB) | s | s / Mpx | "
+          "CPU s / Mpx |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['networks']} | {r['size']} | {r['megapixels']} | {r['tiles']} | {r['tiles_per_call']} | {r['peak_mb']:.0f} | "
+              f"{r['growth_mb']:.0f} | {r['seconds']:.0f} | {r['s_per_mpx']:.2f} | {r['cpu_s_per_mpx']:.2f} |", flush=True)
 
 
 def peak_memory(preset: str, out_size: int, device: torch.device) -> dict:
@@ -299,13 +382,25 @@ def main() -> None:
         "--latency-modes", nargs="+", default=["eager", "default"], help="'eager' and/or torch.compile modes"
     )
     parser.add_argument("--latency-only", action="store_true", help="stop after the latency table")
+    parser.add_argument("--large-mpx", type=int, nargs="*", default=[1, 6, 24, 96], choices=sorted(LARGE_SIZES),
+                        help="large-image rows (output megapixels); none: skip")
+    parser.add_argument("--tiles-per-call", type=int, nargs="+", default=[1], help="large rows per value")
+    parser.add_argument("--large-only", action="store_true", help="only the large-image rows")
     parser.add_argument("--child-peak", nargs=2, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--stand-in", action="store_true", help="large rows with stand-in networks (pipeline memory)")
+    parser.add_argument("--child-large", nargs=3, type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     diffusers_logging.set_verbosity_error()  # the bf16 casts' "keep in float32: []" notice
     if args.child_peak is not None:
         print(json.dumps(peak_memory_child(args.child_peak[0], int(args.child_peak[1]), device)))
+        return
+    if args.child_large is not None:
+        print(json.dumps(large_image_child(args.child_large[0], device, args.child_large[1], bool(args.child_large[2]))))
+        return
+    if args.large_only:
+        print(json.dumps(_large_summary(_large_rows(args, device))))
         return
     summary: dict[str, object] = {}
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
@@ -366,7 +461,30 @@ def main() -> None:
     for preset in presets[1:]:
         result[f"peak_mem_2048_over_512_{preset}"] = memory_ratio(preset)
     result.update(summary)
+    result.update(_large_summary(_large_rows(args, device)))
     print(json.dumps(result))
+
+
+def _large_rows(args: argparse.Namespace, device: torch.device) -> list[dict]:
+    rows = []
+    for per_call in args.tiles_per_call:
+        for megapixels in args.large_mpx:
+            rows.append(large_image(megapixels, device, per_call, args.stand_in))
+            _print_large(rows[-1:])
+    return rows
+
+
+def _large_summary(rows: list[dict]) -> dict:
+    """Peak RSS (MiB) and s/Mpx per output size (first tiles-per-call value), and the 24 / 1 Mpx peak ratio."""
+    first = [r for r in rows if r["tiles_per_call"] == rows[0]["tiles_per_call"]] if rows else []
+    tag = "_stand_in" if first and first[0]["networks"] == "stand-in" else ""
+    summary: dict[str, object] = {f"peak_rss_mb_{r['megapixels']}mpx{tag}": round(r["peak_mb"]) for r in first}
+    summary.update({f"s_per_mpx_{r['megapixels']}mpx": round(r["s_per_mpx"], 2) for r in first})
+    summary.update({f"cpu_s_per_mpx_{r['megapixels']}mpx": round(r["cpu_s_per_mpx"], 2) for r in first})
+    peaks = {r["megapixels"]: r["peak_mb"] for r in first}
+    if 1 in peaks and 24 in peaks:
+        summary[f"peak_rss_24mpx_over_1mpx{tag}"] = round(peaks[24] / peaks[1], 3)
+    return summary
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 import math
@@ -294,14 +295,22 @@ def test_pipeline_applies_the_colour_fix_against_the_bicubic_lr(pipe: YonosSRPip
 # Precision and non-finite outputs.
 
 
-def test_low_precision_unet_keeps_the_vae_in_float32(saved: Path):
+def test_low_precision_pipeline_computes_the_vae_in_float32_without_changing_it(saved: Path):
     pipe = YonosSRPipeline.from_pretrained(saved).to(dtype=torch.bfloat16)  # casts everything, the VAE too
     lr = lr_batch(height=16, width=16)
+    vae_weights = {name: p.clone() for name, p in pipe.vae.state_dict().items()}
 
     result = pipe(lr, generator=seeded(0), output_type="pt")
 
-    assert pipe.unet.dtype == torch.bfloat16 and pipe.vae.dtype == torch.float32
+    # The VAE module is left as the caller set it (diffusers' pipelines do not mutate components on call) ...
+    assert pipe.unet.dtype == torch.bfloat16 and pipe.vae.dtype == torch.bfloat16
+    assert all(torch.equal(p, vae_weights[name]) for name, p in pipe.vae.state_dict().items())
+    # ... and still computes in float32 for the call: the same pixels as a float32 VAE holding the bf16 weights.
     assert result.metadata["yonos:unet_dtype"] == "bfloat16" and result.metadata["yonos:vae_dtype"] == "float32"
+    upcast = YonosSRPipeline(**{**pipe.components, "vae": copy.deepcopy(pipe.vae).float()})
+    torch.testing.assert_close(upcast(lr, generator=seeded(0), output_type="pt").images, result.images, rtol=0, atol=0)
+    bf16_vae = pipe(lr, generator=seeded(0), output_type="pt", vae_dtype=torch.bfloat16)
+    assert bf16_vae.metadata["yonos:vae_dtype"] == "bfloat16" and not torch.equal(bf16_vae.images, result.images)
     reference = YonosSRPipeline.from_pretrained(saved)(lr, generator=seeded(0), output_type="pt").images
     assert torch.isfinite(result.images).all() and psnr(result.images, reference) > 25
 
@@ -321,7 +330,12 @@ def test_cuda_output_matches_cpu_with_the_same_generator(unet_dtype: torch.dtype
 
 
 def test_nan_from_the_decoder_is_an_error_naming_the_image(pipe: YonosSRPipeline, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(LatentCodec, "decode", lambda self, z: torch.full((z.shape[0], 3, 64, 64), float("nan")))
+    def second_image_nan(self: LatentCodec, z: torch.Tensor) -> torch.Tensor:
+        images = torch.full((z.shape[0], 3, 64, 64), 0.5)
+        images[1] = float("nan")
+        return images
 
-    with pytest.raises(NonFiniteOutputError, match="image 0: the VAE decoder"):
+    monkeypatch.setattr(LatentCodec, "decode", second_image_nan)
+
+    with pytest.raises(NonFiniteOutputError, match="^image 1: the VAE decoder"):  # batched together, named apart
         pipe([lr_batch()[0], lr_batch()[0]], generator=seeded(0, 1), tile_size=None)

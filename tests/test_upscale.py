@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from yonos import export, upscale
 from yonos.images import decode_png, encode_png, read_image
 from yonos.models import LatentCodec
 from yonos.pipeline import YonosSRPipeline
+from yonos.png_stream import PngRowWriter
 
 SCALE = 2
 
@@ -169,16 +171,15 @@ def test_interrupted_run_leaves_no_partial_file_and_a_rerun_resumes(
     folder.mkdir()
     for name in ("a", "b", "c"):
         Image.fromarray(rgb8(16, 16, seed=ord(name))).save(folder / f"{name}.png")
-    real_save, saves = Image.Image.save, []
+    real_write, files = PngRowWriter.write, []
 
-    def killed_during_second_write(self: Image.Image, fp: object, *args: object, **kwargs: object) -> None:
-        saves.append(fp)
-        if len(saves) < 2:
-            return real_save(self, fp, *args, **kwargs)
-        Path(fp).write_bytes(b"\x89PNG\r\n\x1a\n partial")  # some bytes reach the disk, then the process dies
-        raise KeyboardInterrupt
+    def killed_during_second_file(self: PngRowWriter, rows: np.ndarray) -> None:
+        files.append(self.path) if self.path not in files else None
+        real_write(self, rows)  # some bytes reach the disk, then Ctrl-C arrives
+        if len(files) == 2:
+            raise KeyboardInterrupt
 
-    monkeypatch.setattr(Image.Image, "save", killed_during_second_write)
+    monkeypatch.setattr(PngRowWriter, "write", killed_during_second_file)
     assert run(folder, "-o", out, "--model", model_dir) == 130
     assert all_files(out) == ["a.png"]  # b never appears half-written; no temporary is left behind
     monkeypatch.undo()
@@ -205,3 +206,32 @@ def test_nan_output_is_reported_and_nothing_is_written(
     printed = capsys.readouterr()
     assert f"FAILED {source}: NonFiniteOutputError" in printed.out + printed.err
     assert not (tmp_path / "out").exists() or all_files(tmp_path / "out") == []
+
+
+def test_exported_folder_has_a_model_card_with_the_training_record(model_dir: Path):
+    card = (model_dir / "README.md").read_text()
+
+    assert card.startswith("---\nlibrary_name: diffusers\npipeline_tag: image-to-image\n")
+    assert "optimizer steps: 2" in card and "trained scale: x2" in card and "`teacher.ckpt`" in card
+    assert "import yonos" in card and "pip install yonos" in card
+
+
+def test_ctrl_c_during_a_large_image_stops_at_once_and_leaves_no_file(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    source, out = tmp_path / "big.png", tmp_path / "out"
+    Image.fromarray(rgb8(48, 40)).save(source)  # 96 x 80 output in 32 px tiles: several bands
+    real_write, bands = PngRowWriter.write, []
+
+    def sigint_after_first_band(self: PngRowWriter, rows: np.ndarray) -> None:
+        real_write(self, rows)
+        bands.append(len(rows))
+        if len(bands) == 1:
+            signal.raise_signal(signal.SIGINT)  # what Ctrl-C delivers; Python raises KeyboardInterrupt next
+
+    monkeypatch.setattr(PngRowWriter, "write", sigint_after_first_band)
+
+    code = run(source, "-o", out, "--model", model_dir, "--tile-size", "32", "--tile-overlap", "8")
+
+    assert code == 130 and len(bands) == 1 and bands[0] < 96  # stopped after the first band, not at the end
+    assert not out.exists() or all_files(out) == []  # no partial file, no temporary

@@ -5,8 +5,10 @@ Pure torch on (B, C, H, W) images in [0, 1]. RGB is corrected; a fourth (alpha) 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal, get_args
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -22,6 +24,10 @@ def adain_color_fix(sr: Tensor, reference: Tensor, eps: float = 1e-5) -> Tensor:
     """
     sr_mean, sr_std = _channel_stats(sr, eps)
     ref_mean, ref_std = _channel_stats(reference, eps)
+    return _adain_apply(sr, sr_mean, sr_std, ref_mean, ref_std)
+
+
+def _adain_apply(sr: Tensor, sr_mean: Tensor, sr_std: Tensor, ref_mean: Tensor, ref_std: Tensor) -> Tensor:
     return ((sr - sr_mean) / sr_std * ref_std + ref_mean).clamp(0.0, 1.0)
 
 
@@ -77,3 +83,94 @@ def _channel_stats(image: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     flat = image.flatten(2)
     std = flat.var(-1, unbiased=False).sqrt().clamp_min(eps)  # the floor only matters for flat channels
     return flat.mean(-1)[..., None, None], std[..., None, None]
+
+
+# Streaming: the same corrections on an image that arrives in bands of rows (see ColorFixRows).
+
+WAVELET_LEVELS = 5
+WAVELET_MARGIN = 2**WAVELET_LEVELS - 1
+"""Rows of context the a-trous cascade reads on each side (1 + 2 + ... + 2^(levels-1)): with this many true rows
+around a band, the band's wavelet colour fix equals the whole image's."""
+
+Band = tuple[int, Tensor]
+"""(first row, rows (B, 3, n, W)) of an image that arrives top to bottom."""
+
+
+class ColorFixRows:
+    """:func:`apply_color_fix` for an SR image pushed in bands of rows, top to bottom; corrected bands come back in
+    order as they become final. ``reference_rows(top, bottom)`` returns the reference's rows [top, bottom).
+
+    ``none`` passes bands through. ``wavelet`` is local: it holds ``WAVELET_MARGIN`` rows of context on each side
+    of what it emits and equals the whole-image result. ``adain`` needs the whole image's channel statistics before
+    the first corrected pixel: it keeps the uncorrected image in 16 bits (6 bytes per pixel, quantisation 1.5e-5)
+    and emits everything at :meth:`finish` (an image pushed as one band is corrected at once, exactly).
+    """
+
+    def __init__(self, mode: ColorFix, reference_rows: Callable[[int, int], Tensor], height: int) -> None:
+        if mode not in COLOR_FIX_MODES:
+            raise ValueError(f"unknown colour fix {mode!r}; choose from {COLOR_FIX_MODES}")
+        self.mode, self.reference_rows, self.height = mode, reference_rows, height
+        self._rows: list[Tensor] = []  # wavelet: the buffered SR rows [self._top, self._top + buffered)
+        self._top = self._done = 0
+        self._sums: list[Tensor] = []  # adain: float64 sums of sr, sr^2, ref, ref^2, each (B, 3)
+        self._count = 0
+        self._quantised: list[tuple[int, np.ndarray]] = []  # adain: the uncorrected bands
+
+    def push(self, top: int, rows: Tensor) -> list[Band]:
+        if self.mode == "none":
+            return [(top, rows)]
+        if self.mode == "adain":
+            if top == 0 and rows.shape[-2] >= self.height:  # the whole image at once: no quantisation
+                return [(0, adain_color_fix(rows.float(), self.reference_rows(0, self.height).float()).to(rows.dtype))]
+            self._accumulate(top, rows)
+            return []
+        self._rows.append(rows)
+        return self._emit_wavelet(final=top + rows.shape[-2] >= self.height)
+
+    def finish(self) -> list[Band]:
+        if self.mode == "adain":
+            return self._emit_adain()
+        return self._emit_wavelet(final=True) if self.mode == "wavelet" else []
+
+    def _emit_wavelet(self, final: bool) -> list[Band]:
+        if not self._rows:
+            return []
+        window = torch.cat(self._rows, dim=-2) if len(self._rows) > 1 else self._rows[0]
+        bottom = self._top + window.shape[-2]
+        end = bottom if final else bottom - WAVELET_MARGIN
+        if end <= self._done:
+            return []
+        reference = self.reference_rows(self._top, bottom)
+        fixed = wavelet_color_fix(window.float(), reference.float(), WAVELET_LEVELS).to(window.dtype)
+        band = (self._done, fixed[..., self._done - self._top : end - self._top, :])
+        keep_from = max(self._top, end - WAVELET_MARGIN)
+        self._rows = [window[..., keep_from - self._top :, :]]
+        self._top, self._done = keep_from, end
+        return [band]
+
+    def _accumulate(self, top: int, rows: Tensor) -> None:
+        reference = self.reference_rows(top, top + rows.shape[-2])[:, :3].double()
+        rgb = rows[:, :3].double()
+        sums = [rgb.sum((2, 3)), rgb.square().sum((2, 3)), reference.sum((2, 3)), reference.square().sum((2, 3))]
+        self._sums = sums if not self._sums else [a + b for a, b in zip(self._sums, sums)]
+        self._count += rows.shape[-2] * rows.shape[-1]
+        self._quantised.append((top, _to_uint16(rows)))  # on the host, 16 bits
+
+    def _emit_adain(self, eps: float = 1e-5) -> list[Band]:
+        if not self._quantised:
+            return []
+        means = [total / self._count for total in self._sums]
+        sr_mean, ref_mean = means[0], means[2]
+        sr_std = (means[1] - sr_mean.square()).clamp_min(0).sqrt().clamp_min(eps)
+        ref_std = (means[3] - ref_mean.square()).clamp_min(0).sqrt().clamp_min(eps)
+        stats = [value.float()[..., None, None] for value in (sr_mean, sr_std, ref_mean, ref_std)]
+        bands, device = [], self._sums[0].device
+        for top, levels in self._quantised:
+            rows = torch.from_numpy(levels.astype(np.float32)).to(device).div_(65535.0)
+            bands.append((top, _adain_apply(rows, *[s.to(device) for s in stats])))
+        self._quantised = []
+        return bands
+
+
+def _to_uint16(rows: Tensor) -> np.ndarray:
+    return rows.detach().float().clamp(0, 1).mul(65535.0).round_().cpu().numpy().astype(np.uint16)

@@ -1,35 +1,50 @@
 """YonosSRPipeline: one-step super-resolution as a diffusers pipeline (save / load in safetensors, tiling, colour fix).
 
-The sampling maths is yonos.diffusion's (``ddim_sample`` -> ``predict_x0``); tiles and colour fix come from
-yonos.tiling and yonos.colorfix. File handling (alpha, bit depth, metadata) is ``yonos upscale``'s.
+The sampling maths is yonos.diffusion's (``predict_x0`` and the DDIM stepper of ``ddim_sample``); tiles and colour
+fix come from yonos.tiling and yonos.colorfix, the input conventions from yonos.pipeline_io. Large images stream:
+the condition, the VAE passes, the colour fix and the output are computed band by band of tile rows, so host and
+device memory hold the latents plus one band, whatever the image size. File handling is ``yonos upscale``'s.
 """
 
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import diffusers
-import numpy as np
-import PIL.Image
 import torch
-import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, ModelMixin, UNet2DConditionModel
+from diffusers import DDIMScheduler, DiffusionPipeline, ModelMixin, UNet2DConditionModel
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.utils import BaseOutput
+from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from torch import Tensor, nn
 
-from yonos.colorfix import COLOR_FIX_MODES, ColorFix, apply_color_fix
-from yonos.degradations import upsample_to
-from yonos.diffusion import ddim_sample
-from yonos.images import to_rgb8
-from yonos.models import PROMPT_LENGTH, LatentCodec, SRDenoiser, weight_dtype
-from yonos.tiling import tiled_map
+from yonos.colorfix import COLOR_FIX_MODES, ColorFix, ColorFixRows
+from yonos.diffusion import predict_x0
+from yonos.inference import padded_size, size_multiple, upsampled_rows
+from yonos.models import PROMPT_LENGTH, SRDenoiser
+from yonos.pipeline_io import (  # noqa: F401 - NonFiniteOutputError: part of this module's interface
+    AnyLatentCodec,
+    CastCodec,
+    Generators,
+    ImageInput,
+    NonFiniteOutputError,
+    OutputBuffer,
+    check_finite,
+    draw_noise,
+    same_size_batches,
+    stack_outputs,
+    to_items,
+    vae_compute_dtype,
+)
+from yonos.tile_norm import record_stats, sample_tiles, shared_stats
+from yonos.tiling import tile_grid, tiled_map, tiled_rows
 
-ImageInput = PIL.Image.Image | Tensor | list[PIL.Image.Image | Tensor]
-OutputType = Literal["pil", "pt", "np"]
-Generators = torch.Generator | list[torch.Generator] | None
+OutputType = Literal["pil", "pt", "np", "latent"]
+TileNorm = Literal["shared", "tile"]
 
 DEFAULT_TILE_SIZE = 512
 """Output pixels per tile side: SD's training resolution (64 x 64 latents), the size the UNet has seen in training.
@@ -38,8 +53,8 @@ tiles, 1.2 GiB above the loaded weights, at 512² and at 2048² output alike: it
 DEFAULT_TILE_OVERLAP = 128
 """A quarter of a tile (16 latent pixels), StableSR's ratio: room for a smooth Gaussian hand-over between tiles."""
 
-class NonFiniteOutputError(ValueError):
-    """The network produced NaN or inf (typically fp16 overflow); nothing should be written."""
+STAT_TILES = 16
+"""Tiles whose GroupNorm statistics are pooled for ``tile_norm="shared"`` (spread over the image; all when fewer)."""
 
 
 class PromptEmbedding(ModelMixin, ConfigMixin):
@@ -59,30 +74,44 @@ class PromptEmbedding(ModelMixin, ConfigMixin):
 
 
 @dataclass
-class YonosSROutput(BaseOutput):
-    """What the pipeline returns."""
+class YonosSROutput(ImagePipelineOutput):
+    """What the pipeline returns: diffusers' ``ImagePipelineOutput`` plus the settings that made the images."""
 
     images: Any
-    """PIL images, a (B, 3, H, W) tensor or a (B, H, W, 3) array in [0, 1]; lists of them when sizes differ."""
-    metadata: dict[str, str]
+    """PIL images, a (B, 3, H, W) tensor or a (B, H, W, 3) array in [0, 1] (lists of them when sizes differ), or
+    the (B, 4, h, w) latents for ``output_type="latent"``."""
+    metadata: dict[str, str] = field(default_factory=dict)
     """The settings that made the images (scale, steps, colour fix, tiling, precision), for PNG text chunks."""
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """One call's options, checked."""
+
+    scale: int
+    steps: int
+    tiles: tuple[int, int] | None
+    tiles_per_call: int
+    tile_norm: TileNorm
+    color_fix: ColorFix
+    vae_dtype: torch.dtype
 
 
 class YonosSRPipeline(DiffusionPipeline):
     """LR image -> SR image at ``scale`` with ``num_inference_steps`` DDIM steps (1 = YONOS-SR).
 
     The noise schedule, the parameterisation (``prediction_type``) and the zero-terminal-SNR flag live in the
-    scheduler's config; the magnification the model was trained for is the pipeline config's ``scale``.
+    scheduler's config; the magnification the model was trained for is the pipeline config's ``scale``. The VAE
+    may be any of diffusers' SD-latent autoencoders (``AutoencoderKL``, ``AutoencoderTiny``,
+    ``ConsistencyDecoderVAE``) with the UNet's latent space.
     """
 
     model_cpu_offload_seq = "unet->vae"
+    _exclude_from_cpu_offload = ["prompt_embedding"]  # 77 x D numbers: kept on the execution device
+    _callback_tensor_inputs = ["latents", "image_latents"]
 
     def __init__(
-        self,
-        unet: UNet2DConditionModel,
-        vae: AutoencoderKL,
-        scheduler: DDIMScheduler,
-        prompt_embedding: PromptEmbedding,
+        self, unet: UNet2DConditionModel, vae: ModelMixin, scheduler: DDIMScheduler, prompt_embedding: PromptEmbedding,
         scale: int = 4,
     ) -> None:
         super().__init__()
@@ -90,12 +119,15 @@ class YonosSRPipeline(DiffusionPipeline):
         self.register_to_config(scale=scale)
 
     @classmethod
-    def from_models(
-        cls, denoiser: SRDenoiser, codec: LatentCodec, scheduler: DDIMScheduler, scale: int
-    ) -> YonosSRPipeline:
+    def from_models(cls, denoiser: SRDenoiser, codec: Any, scheduler: DDIMScheduler, scale: int) -> YonosSRPipeline:
         """The pipeline around a training stage's networks (shared, not copied) and its scheduler."""
         embedding = PromptEmbedding.from_tensor(denoiser.prompt_embeds).to(denoiser.prompt_embeds.device)
         return cls(unet=denoiser.unet, vae=codec.vae, scheduler=scheduler, prompt_embedding=embedding, scale=scale)
+
+    @property
+    def components(self) -> dict[str, Any]:
+        """diffusers' components plus the ``scale`` config, so ``YonosSRPipeline(**pipe.components)`` keeps it."""
+        return {**super().components, "scale": self.config.scale}
 
     # Views of the components as the training code sees them (same modules, no copies).
 
@@ -104,13 +136,23 @@ class YonosSRPipeline(DiffusionPipeline):
         return SRDenoiser(self.unet, self.prompt_embedding.prompt_embeds)
 
     @property
-    def codec(self) -> LatentCodec:
-        return LatentCodec(self.vae)
+    def codec(self) -> AnyLatentCodec:
+        return AnyLatentCodec(self.vae)
 
     @property
     def size_multiple(self) -> int:
-        """Output sizes are padded to this: the VAE factor times the UNet's total downsampling."""
-        return self.codec.downsample_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+        """Output sizes are padded to this (yonos.inference.size_multiple: the rule validation uses too)."""
+        return size_multiple(self.unet, self.codec)
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        """Set ``pipe._interrupt = True`` (e.g. in a callback) to skip the remaining steps; the current latents
+        are decoded."""
+        return getattr(self, "_interrupt", False)
 
     @classmethod
     def load_config(cls, *args: Any, **kwargs: Any) -> Any:
@@ -123,6 +165,17 @@ class YonosSRPipeline(DiffusionPipeline):
             config["_class_name"] = cls.__name__
         return loaded
 
+    def save_pretrained(self, save_directory: str | Path, *args: Any, **kwargs: Any) -> None:
+        """diffusers' ``save_pretrained`` plus a model card (``README.md``) when the folder has none, and a ``_yonos``
+        entry in ``model_index.json`` saying what loading the folder needs."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        from yonos.export import add_load_hint, write_model_card
+
+        add_load_hint(Path(save_directory) / "model_index.json")
+        card = Path(save_directory) / "README.md"
+        if not card.exists():
+            write_model_card(card, self)
+
     # Inference.
 
     @torch.no_grad()
@@ -132,57 +185,122 @@ class YonosSRPipeline(DiffusionPipeline):
         scale: int | None = None,
         num_inference_steps: int = 1,
         generator: Generators = None,
+        latents: Tensor | None = None,
+        num_images_per_prompt: int = 1,
+        batch_size: int = 8,
         tile_size: int | None = DEFAULT_TILE_SIZE,
         tile_overlap: int = DEFAULT_TILE_OVERLAP,
+        tiles_per_call: int = 1,
+        tile_norm: TileNorm = "shared",
         color_fix: ColorFix = "none",
         output_type: OutputType = "pil",
         vae_dtype: torch.dtype | None = None,
         return_dict: bool = True,
+        callback_on_step_end: Callable[..., dict] | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
     ) -> YonosSROutput | tuple:
-        """Super-resolve ``image`` (PIL images, or tensors (3, h, w) / (B, 3, h, w) in [0, 1], or a list of them).
+        """Super-resolve ``image``: anything ``diffusers.image_processor.PipelineImageInput`` holds (see
+        yonos.pipeline_io for the value ranges), a batch or a list of images of any sizes.
 
         Args:
             scale: integer magnification; the model's training scale (``config.scale``) when None.
-            generator: one generator for all noise, or one per image (then image i's noise depends on it only).
-            tile_size: tile side in output pixels (rounded down to ``size_multiple``); None disables tiling.
+            generator: one generator for all noise, or one per output image (image j's noise depends on it only).
+            latents: the starting noise z_T, (N, 4, H'/8, W'/8) for N output images of one padded size H' x W'
+                (the output size rounded up to ``size_multiple``); drawn from ``generator`` when None.
+            num_images_per_prompt: samples per input image (different noise), returned next to each other.
+            batch_size: at most this many same-size images go through the networks together.
+            tile_size: tile side in output pixels (rounded down to ``size_multiple``); None or 0 disables tiling.
                 Images that fit in one tile take the untiled path.
             tile_overlap: output pixels shared by neighbouring tiles (rounded down to the VAE factor).
+            tiles_per_call: tiles stacked into one UNet / VAE call.
+            tile_norm: ``shared``: the VAE's GroupNorms use one set of statistics per image, pooled over up to
+                ``STAT_TILES`` of its tiles (yonos.tile_norm), so tiles do not shift tone; ``tile``: each tile its
+                own (also what sequential CPU offload gets: its GroupNorm weights live inside accelerate's hooks).
             color_fix: ``adain`` / ``wavelet`` against the bicubic-upsampled LR, or ``none``.
-            vae_dtype: precision of the VAE; float32 when None (fp16 VAE decoding overflows to NaN). The VAE is
-                cast in place. The UNet runs in its own dtype (``dtype`` / ``torch_dtype`` of ``from_pretrained``).
+            output_type: ``pil``, ``np``, ``pt``, or ``latent`` (the sampled latents, before decoding).
+            vae_dtype: precision the VAE computes in; float32 when None (fp16 VAE decoding overflows to NaN). The
+                VAE module is not changed: other dtypes run on cast copies of its weights for the call.
+            callback_on_step_end: ``fn(pipe, step, timestep, tensors) -> dict`` after every step, as in diffusers;
+                ``tensors`` holds ``callback_on_step_end_tensor_inputs`` (of ``_callback_tensor_inputs``), and a
+                returned ``latents`` replaces the current one.
+
+        Returns:
+            ``YonosSROutput`` (``images``, ``metadata``), or the 1-tuple ``(images,)`` when not ``return_dict``.
 
         Raises:
             NonFiniteOutputError: the UNet or the decoder produced NaN / inf for an image (named by its index).
         """
+        settings = self._settings(scale, num_inference_steps, tile_size, tile_overlap, tiles_per_call, tile_norm,
+                                  color_fix, output_type, vae_dtype)
+        callback_inputs = self._callback_inputs(callback_on_step_end, callback_on_step_end_tensor_inputs)
+        if num_images_per_prompt < 1 or batch_size < 1:
+            raise ValueError(f"num_images_per_prompt and batch_size must be >= 1: {num_images_per_prompt}, {batch_size}")
+        self._interrupt = False
+        device = self._input_device()
+        items = [item.repeat_interleave(num_images_per_prompt, 0) for item in to_items(image, device)]
+        noise = self._noise(items, settings.scale, generator, latents, device)
+        images: list[Any] = [None] * sum(len(item) for item in items)
+        for indices, lr, batch_noise in same_size_batches(items, noise, batch_size):
+            out_size = (lr.shape[-2] * settings.scale, lr.shape[-1] * settings.scale)
+            sink = None if output_type == "latent" else OutputBuffer(len(indices), *out_size, output_type, device)
+            z_0 = self._run(lr, batch_noise, settings, sink.write if sink else None, indices,
+                            callback_on_step_end, callback_inputs)
+            for index, result in zip(indices, z_0.unbind(0) if sink is None else sink.images()):
+                images[index] = result
+        self.maybe_free_model_hooks()
+        images = stack_outputs(images, "pt" if output_type == "latent" else output_type)
+        metadata = self._metadata(settings)
+        return YonosSROutput(images=images, metadata=metadata) if return_dict else (images,)
+
+    @torch.no_grad()
+    def stream(
+        self,
+        image: Tensor,
+        on_rows: Callable[[int, Tensor], None],
+        scale: int | None = None,
+        num_inference_steps: int = 1,
+        generator: torch.Generator | None = None,
+        tile_size: int | None = DEFAULT_TILE_SIZE,
+        tile_overlap: int = DEFAULT_TILE_OVERLAP,
+        tiles_per_call: int = 1,
+        tile_norm: TileNorm = "shared",
+        color_fix: ColorFix = "none",
+        vae_dtype: torch.dtype | None = None,
+    ) -> dict[str, str]:
+        """``__call__`` for one image too large to hold: ``on_rows(top, rows)`` receives the output in bands of
+        rows (1, 3, n, W), float32 in [0, 1], top to bottom, and only the latents and one band are ever in memory.
+        Same pixels as ``__call__`` with the same arguments. Returns the metadata."""
+        settings = self._settings(scale, num_inference_steps, tile_size, tile_overlap, tiles_per_call, tile_norm,
+                                  color_fix, "pt", vae_dtype)
+        self._interrupt = False
+        items = to_items(image, self._input_device())
+        if len(items) != 1 or len(items[0]) != 1:
+            raise ValueError("stream() takes one image")
+        noise = self._noise(items, settings.scale, generator, None, items[0].device)
+        self._run(items[0], noise[0], settings, on_rows, [0], None, [])
+        self.maybe_free_model_hooks()
+        return self._metadata(settings)
+
+    # The steps of a call.
+
+    def _settings(
+        self, scale: int | None, steps: int, tile_size: int | None, tile_overlap: int, tiles_per_call: int,
+        tile_norm: str, color_fix: str, output_type: str, vae_dtype: torch.dtype | None,
+    ) -> _Settings:
         scale = int(scale or self.config.scale)
-        if scale < 1:
-            raise ValueError(f"scale must be a positive integer, got {scale}")
-        if output_type not in ("pil", "pt", "np"):
-            raise ValueError(f"output_type must be 'pil', 'pt' or 'np', got {output_type!r}")
+        if scale < 1 or steps < 1:
+            raise ValueError(f"scale and num_inference_steps must be positive integers, got {scale}, {steps}")
+        if output_type not in ("pil", "pt", "np", "latent"):
+            raise ValueError(f"output_type must be 'pil', 'pt', 'np' or 'latent', got {output_type!r}")
         if color_fix not in COLOR_FIX_MODES:
             raise ValueError(f"unknown color_fix {color_fix!r}; choose from {COLOR_FIX_MODES}")
+        if tile_norm not in ("shared", "tile"):
+            raise ValueError(f"tile_norm must be 'shared' or 'tile', got {tile_norm!r}")
         tiles = self._tile_plan(tile_size, tile_overlap)
-        vae_dtype = vae_dtype or torch.float32
-        if weight_dtype(self.vae) != vae_dtype:
-            self.vae.to(dtype=vae_dtype)
-        batches = _to_batches(image, next(self.unet.parameters()).device)  # DiffusionPipeline.device walks modules
-        generators = _split_generators(generator, [len(batch) for batch in batches])
-        results, first_index = [], 0
-        for batch, batch_generator in zip(batches, generators):
-            sr = self._super_resolve(batch, scale, num_inference_steps, batch_generator, tiles, color_fix, first_index)
-            results.extend(sr.unbind(0))
-            first_index += len(batch)
-        metadata = {
-            "yonos:scale": str(scale),
-            "yonos:steps": str(num_inference_steps),
-            "yonos:color_fix": color_fix,
-            "yonos:tile_size": str(tiles[0]) if tiles else "none",
-            "yonos:tile_overlap": str(tiles[1]) if tiles else "none",
-            "yonos:unet_dtype": str(weight_dtype(self.unet)).removeprefix("torch."),
-            "yonos:vae_dtype": str(vae_dtype).removeprefix("torch."),
-        }
-        images = _to_output(results, output_type)
-        return YonosSROutput(images=images, metadata=metadata) if return_dict else (images, metadata)
+        dtype = vae_compute_dtype(self.vae, vae_dtype or torch.float32)
+        if any(hasattr(module, "_hf_hook") for module in self.vae.modules() if isinstance(module, nn.GroupNorm)):
+            tile_norm = "tile"  # sequential offload: the GroupNorm weights exist only inside accelerate's hooks
+        return _Settings(scale, steps, tiles, max(1, int(tiles_per_call)), tile_norm, color_fix, dtype)
 
     def _tile_plan(self, tile_size: int | None, tile_overlap: int) -> tuple[int, int] | None:
         """(tile, overlap) in output pixels, aligned to what the networks need; None when tiling is off."""
@@ -195,124 +313,160 @@ class YonosSRPipeline(DiffusionPipeline):
             raise ValueError(f"tile_overlap ({tile_overlap}) must be smaller than tile_size ({tile})")
         return tile, overlap
 
-    def _super_resolve(
-        self,
-        lr: Tensor,
-        scale: int,
-        num_steps: int,
-        generator: Generators,
-        tiles: tuple[int, int] | None,
-        color_fix: ColorFix,
-        first_index: int,
+    def _callback_inputs(self, callback: Any, names: list[str] | None) -> list[str]:
+        if isinstance(callback, (PipelineCallback, MultiPipelineCallbacks)):
+            names = callback.tensor_inputs
+        names = ["latents"] if names is None else list(names)
+        unknown = [name for name in names if name not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs {unknown} not in {self._callback_tensor_inputs}")
+        return names
+
+    def _input_device(self) -> torch.device:
+        """``_execution_device`` (right under offload hooks), without its walk over every module when none is set."""
+        first = next(self.unet.parameters())
+        hooked = hasattr(self.unet, "_hf_hook") or hasattr(self.unet, "_diffusers_hook")
+        if first.device.type != "meta" and not hooked:
+            return first.device
+        return self._execution_device
+
+    def _unet_dtype(self) -> torch.dtype:
+        """The dtype UNet inputs are cast to: its weights', or layerwise casting's compute dtype (float8 storage)."""
+        dtype = next(self.unet.parameters()).dtype
+        return self.unet.dtype if dtype.itemsize == 1 else dtype
+
+    def _noise(
+        self, items: list[Tensor], scale: int, generator: Generators, latents: Tensor | None, device: torch.device
+    ) -> list[Tensor]:
+        """The starting noise of each input item (B_i, C, H'/8, W'/8): ``latents`` split, or drawn."""
+        factor, channels = self.codec.downsample_factor, self.unet.config.out_channels
+        shapes = []
+        for item in items:
+            padded = padded_size(item.shape[-2] * scale, item.shape[-1] * scale, self.size_multiple)
+            shapes.append((len(item), channels, padded[0] // factor, padded[1] // factor))
+        if latents is None:
+            return draw_noise(shapes, generator, device)
+        expected = (sum(shape[0] for shape in shapes), *shapes[0][1:])
+        if any(shape[1:] != shapes[0][1:] for shape in shapes) or tuple(latents.shape) != expected:
+            raise ValueError(f"latents of shape {tuple(latents.shape)}; these images need {expected} (one size only)")
+        return list(latents.to(device=device, dtype=torch.float32).split([shape[0] for shape in shapes]))
+
+    def _run(
+        self, lr: Tensor, noise: Tensor, settings: _Settings, sink: Callable[[int, Tensor], None] | None,
+        indices: list[int], callback: Any, callback_inputs: list[str],
     ) -> Tensor:
-        """One batch of same-size LR images (B, 3, h, w) -> SR (B, 3, h*scale, w*scale) in [0, 1], float32."""
-        height, width = lr.shape[-2] * scale, lr.shape[-1] * scale
-        codec = self.codec
-        denoiser = SRDenoiser(self.unet, self.prompt_embedding.prompt_embeds.to(lr.device))
-        factor, channels = codec.downsample_factor, self.unet.config.out_channels
-        tile, overlap = tiles if tiles else (1 << 30, 0)
-        latent_tile, latent_overlap = tile // factor, overlap // factor
-        names = f"image {first_index}" if len(lr) == 1 else f"images {first_index}-{first_index + len(lr) - 1}"
+        """One batch of same-size LR images (B, 3, h, w): encode, sample, and (with a ``sink``) decode, colour-fix
+        and hand the output over band by band. Returns the sampled latents."""
+        height, width = lr.shape[-2] * settings.scale, lr.shape[-1] * settings.scale
+        padded = padded_size(height, width, self.size_multiple)
+        codec = CastCodec(self.codec, settings.vae_dtype)
+        z_lr = self._encode(lr, settings, padded, codec)
+        z_0 = self._sample(z_lr, noise, settings, callback, callback_inputs)
+        check_finite(z_0, indices, f"the UNet ({self._unet_dtype()}) output")
+        if sink is not None:
+            self._decode(z_0, lr, (height, width), settings, codec, sink, indices)
+        return z_0
 
-        # Encode the bicubic-upsampled LR, padded to the size the networks need. The full-size images are dropped
-        # as soon as they are encoded (the colour fix redraws the cheap bicubic reference): with tiling on, peak
-        # memory is one tile's activations plus the decoder's output buffer, whatever the image size.
-        padded = _pad_to_multiple(upsample_to(lr, (height, width)), self.size_multiple)  # (B, 3, H', W')
-        z_lr = tiled_map(codec.encode, padded, tile, overlap, align=factor).float()  # (B, 4, H'/8, W'/8)
-        del padded
+    def _encode(self, lr: Tensor, settings: _Settings, padded: tuple[int, int], codec: CastCodec) -> Tensor:
+        """The padded, bicubic-upsampled LR encoded, tile row by tile row: the full-size condition is never built."""
+        def read(top: int, bottom: int) -> Tensor:
+            return upsampled_rows(lr, settings.scale, top, bottom, padded)
 
-        # Sample. Blending the raw network output of the tiles equals blending their x0 predictions: the
-        # conversion in predict_x0 is linear with per-image coefficients.
-        unet_dtype, unet_multiple = weight_dtype(self.unet), self.size_multiple // factor
+        tile, overlap = settings.tiles or (1 << 30, 0)
+        if max(padded) <= tile:
+            return codec.encode(read(0, padded[0])).float()
+        stats = []
+        if settings.tile_norm == "shared":
+            starts = tile_grid(padded, tile, overlap, codec.downsample_factor)
+            crops = (read(top, top + tile)[..., left : left + tile] for top, left in sample_tiles(starts, STAT_TILES))
+            stats = record_stats(codec.encode, self.vae.encoder, crops)
+        with shared_stats(self.vae.encoder, stats):
+            factor = codec.downsample_factor
+            bands = tiled_rows(codec.encode, read, padded, tile, overlap, factor, settings.tiles_per_call)
+            return torch.cat([rows for _, rows in bands], dim=-2)
+
+    def _sample(
+        self, z_lr: Tensor, noise: Tensor, settings: _Settings, callback: Any, callback_inputs: list[str]
+    ) -> Tensor:
+        """DDIM from ``noise`` as yonos.diffusion.ddim_sample (one x0 conversion, the scheduler's step on x0), the
+        UNet run on latent tiles; with diffusers' step callback, interrupt flag and progress bar."""
+        denoiser = SRDenoiser(self.unet, self.prompt_embedding.prompt_embeds.to(z_lr.device))
+        factor, channels, unet_dtype = self.codec.downsample_factor, self.unet.config.out_channels, self._unet_dtype()
+        tile, overlap = settings.tiles or (1 << 30, 0)
 
         def denoise(z_t: Tensor, t: Tensor) -> Tensor:
             def on_tile(stacked: Tensor) -> Tensor:
-                return denoiser(stacked[:, :channels].to(unet_dtype), stacked[:, channels:].to(unet_dtype), t).float()
+                t_tiles = t.repeat(stacked.shape[0] // len(t))  # stacked tiles: [tile 0's images, tile 1's, ...]
+                z, c = stacked[:, :channels].to(unet_dtype), stacked[:, channels:].to(unet_dtype)
+                return denoiser(z, c, t_tiles).float()
 
-            return tiled_map(on_tile, torch.cat([z_t, z_lr], dim=1), latent_tile, latent_overlap, align=unet_multiple)
+            stacked = torch.cat([z_t, z_lr], dim=1)
+            align = self.size_multiple // factor
+            return tiled_map(on_tile, stacked, tile // factor, overlap // factor, align, settings.tiles_per_call)
 
-        noise = _draw_noise(tuple(z_lr.shape), generator, z_lr.device)
-        z_0 = ddim_sample(denoise, self.scheduler, tuple(z_lr.shape), num_steps, device=z_lr.device, noise=noise)
-        _check_finite(z_0, f"{names}: the UNet ({unet_dtype}) output")
+        stepper = copy.deepcopy(self.scheduler)  # as ddim_sample: DDIM's update on the x0 prediction
+        stepper.register_to_config(prediction_type="sample")
+        stepper.set_timesteps(settings.steps, device=z_lr.device)
+        self._num_timesteps = len(stepper.timesteps)
+        prediction_type = self.scheduler.config.prediction_type
+        latents = noise * stepper.init_noise_sigma
+        for step, timestep in enumerate(self.progress_bar(stepper.timesteps)):
+            if self.interrupt:
+                continue
+            t = torch.full((len(latents),), int(timestep), device=latents.device, dtype=torch.long)
+            x0 = predict_x0(denoise(latents, t), latents, t, stepper.alphas_cumprod, prediction_type)
+            latents = stepper.step(x0, timestep, latents, eta=0.0).prev_sample
+            if callback is not None:
+                tensors = {"latents": latents, "image_latents": z_lr}
+                returned = callback(self, step, timestep, {name: tensors[name] for name in callback_inputs})
+                latents = returned.pop("latents", latents)
+        return latents
 
-        # Decode, crop the padding, colour-correct.
-        sr = tiled_map(codec.decode, z_0, latent_tile, latent_overlap)[..., :height, :width].float()
-        _check_finite(sr, f"{names}: the VAE decoder ({weight_dtype(self.vae.decoder)}) output")
-        if color_fix == "none":
-            return sr
-        return apply_color_fix(sr, upsample_to(lr, (height, width)), color_fix)
+    def _decode(
+        self, z_0: Tensor, lr: Tensor, size: tuple[int, int], settings: _Settings, codec: CastCodec,
+        sink: Callable[[int, Tensor], None], indices: list[int],
+    ) -> None:
+        """Decode by tile rows, crop the padding, colour-correct against the bicubic LR, hand each band to ``sink``."""
+        height, width = size
+        reference = lambda top, bottom: upsampled_rows(lr, settings.scale, top, bottom)  # noqa: E731
+        fixer = ColorFixRows(settings.color_fix, reference, height)
+        factor = codec.downsample_factor
+        tile, overlap = settings.tiles or (1 << 30, 0)
+        stats, latent_tile = [], tile // factor
+        if settings.tile_norm == "shared" and max(z_0.shape[-2:]) * factor > tile:
+            starts = tile_grid(tuple(z_0.shape[-2:]), latent_tile, overlap // factor, 1)
+            offsets = sample_tiles(starts, STAT_TILES)
+            crops = (z_0[..., t : t + latent_tile, left : left + latent_tile] for t, left in offsets)
+            stats = record_stats(codec.decode, self.vae.decoder, crops)
+        with shared_stats(self.vae.decoder, stats):
+            if max(z_0.shape[-2:]) * factor <= tile:
+                bands = iter([(0, codec.decode(z_0))])
+            else:
+                read = lambda top, bottom: z_0[..., top:bottom, :]  # noqa: E731
+                bands = tiled_rows(codec.decode, read, tuple(z_0.shape[-2:]), tile // factor, overlap // factor,
+                                   1, settings.tiles_per_call)
+            for top, rows in bands:
+                if top >= height:
+                    continue
+                rows = rows[..., : height - top, :width].float()
+                check_finite(rows, indices, f"the VAE decoder ({codec.dtype}) output")
+                for band_top, fixed in fixer.push(top, rows):
+                    sink(band_top, fixed)
+        for band_top, fixed in fixer.finish():
+            sink(band_top, fixed)
 
-
-def _check_finite(tensor: Tensor, what: str) -> None:
-    if not torch.isfinite(tensor).all():
-        raise NonFiniteOutputError(f"{what} contains NaN or inf; run in float32 or bfloat16 (fp16 overflows)")
-
-
-def _pad_to_multiple(image: Tensor, multiple: int) -> Tensor:
-    """Pad bottom and right to multiples of ``multiple``: reflection, or replication when the image is too small."""
-    height, width = image.shape[-2:]
-    pad_h, pad_w = (-height) % multiple, (-width) % multiple
-    if not pad_h and not pad_w:
-        return image
-    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-    return F.pad(image, (0, pad_w, 0, pad_h), mode=mode)
-
-
-def _draw_noise(shape: tuple[int, ...], generator: Generators, device: torch.device) -> Tensor:
-    """Starting noise (float32) drawn on the generator's device, then moved: a CPU generator gives the same noise on
-    any device. With one generator per image, image i's noise is ``randn((1, ...), generator=generator[i])``."""
-    if isinstance(generator, list):
-        draws = [torch.randn((1, *shape[1:]), generator=g, device=g.device) for g in generator]
-        return torch.cat(draws).to(device)
-    source = generator.device if generator is not None else device
-    return torch.randn(shape, generator=generator, device=source).to(device)
-
-
-def _to_batches(image: ImageInput, device: torch.device) -> list[Tensor]:
-    """The input as batches of same-size images (B, 3, h, w) in [0, 1], float32 on ``device``."""
-    items = image if isinstance(image, list) else [image]
-    if not items:
-        raise ValueError("no image given")
-    batches = []
-    for index, item in enumerate(items):
-        if isinstance(item, PIL.Image.Image):
-            tensor = torch.from_numpy(to_rgb8(item).copy()).permute(2, 0, 1).float().div(255.0)[None]
-        elif isinstance(item, Tensor):
-            tensor = item[None] if item.ndim == 3 else item
-            if tensor.ndim != 4 or tensor.shape[1] != 3:
-                raise ValueError(
-                    f"image {index}: expected (3, h, w) or (B, 3, h, w) RGB in [0, 1], got {tuple(item.shape)} "
-                    "(split off alpha first; `yonos upscale` keeps it)"
-                )
-        else:
-            raise TypeError(f"image {index}: expected a PIL image or a tensor, got {type(item).__name__}")
-        batches.append(tensor.to(device=device, dtype=torch.float32))
-    return batches
-
-
-def _split_generators(generator: Generators, sizes: list[int]) -> list[Generators]:
-    """The generator of each batch: the same one for all, or the batch's slice of a per-image list."""
-    if not isinstance(generator, list):
-        return [generator] * len(sizes)
-    if len(generator) != sum(sizes):
-        raise ValueError(f"got {len(generator)} generators for {sum(sizes)} images")
-    bounds = np.cumsum([0, *sizes]).tolist()
-    return [generator[start:end] for start, end in itertools.pairwise(bounds)]
-
-
-def _to_output(images: list[Tensor], output_type: OutputType) -> Any:
-    """(3, H, W) float tensors -> PIL list, a stacked tensor / array, or lists of them when sizes differ."""
-    if output_type == "pil":
-        return [PIL.Image.fromarray(_to_uint8(image)) for image in images]
-    same_size = len({tuple(image.shape) for image in images}) == 1
-    if output_type == "pt":  # one image: a view, not a copy of a possibly huge tensor
-        return (images[0][None] if len(images) == 1 else torch.stack(images)) if same_size else images
-    arrays = [image.permute(1, 2, 0).cpu().numpy() for image in images]  # (H, W, 3)
-    return np.stack(arrays) if same_size else arrays
-
-
-def _to_uint8(image: Tensor) -> np.ndarray:
-    return image.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
+    def _metadata(self, settings: _Settings) -> dict[str, str]:
+        tiles = settings.tiles
+        return {
+            "yonos:scale": str(settings.scale),
+            "yonos:steps": str(settings.steps),
+            "yonos:color_fix": settings.color_fix,
+            "yonos:tile_size": str(tiles[0]) if tiles else "none",
+            "yonos:tile_overlap": str(tiles[1]) if tiles else "none",
+            "yonos:tile_norm": settings.tile_norm,
+            "yonos:unet_dtype": str(self._unet_dtype()).removeprefix("torch."),
+            "yonos:vae_dtype": str(settings.vae_dtype).removeprefix("torch."),
+        }
 
 
 def _register_with_diffusers() -> None:

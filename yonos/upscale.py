@@ -11,14 +11,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
 from yonos.colorfix import COLOR_FIX_MODES
-from yonos.images import IMAGE_EXTENSIONS, DecodedImage, read_image, save_image_atomic
+from yonos.images import IMAGE_EXTENSIONS, DecodedImage, read_image
+from yonos.inference import upsampled_rows
 from yonos.pipeline import DEFAULT_TILE_OVERLAP, DEFAULT_TILE_SIZE, YonosSRPipeline
+from yonos.png_stream import PngRowWriter
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601, as Pillow's convert("L")
@@ -44,6 +46,7 @@ class UpscaleOptions:
     steps: int
     tile_size: int | None
     tile_overlap: int
+    tiles_per_call: int
     color_fix: str
     seed: int
     vae_dtype: torch.dtype
@@ -93,36 +96,48 @@ def plan_jobs(inputs: list[Path], out_dir: Path) -> tuple[list[Job], list[str]]:
     return unique, problems
 
 
-def restore_planes(sr: Tensor, source: DecodedImage) -> Tensor:
-    """SR RGB (3, H, W) back to the source's kind: gray as BT.601 luma, alpha upsampled with bicubic and appended."""
+def restore_planes(sr: Tensor, source: DecodedImage, scale: int, top: int = 0) -> Tensor:
+    """SR RGB rows (3, n, W) starting at row ``top`` back to the source's kind: gray as BT.601 luma, the alpha rows
+    bicubic-upsampled (from the source rows they need only) and appended."""
     planes = sr
     if source.gray:
         weights = torch.tensor(LUMA_WEIGHTS, dtype=sr.dtype, device=sr.device)
-        planes = (sr * weights[:, None, None]).sum(0, keepdim=True)  # (1, H, W)
+        planes = (sr * weights[:, None, None]).sum(0, keepdim=True)  # (1, n, W)
     if source.alpha is not None:
-        alpha = F.interpolate(source.alpha[None].to(sr), size=sr.shape[-2:], mode="bicubic", align_corners=False)
-        planes = torch.cat([planes, alpha[0].clamp(0.0, 1.0)])
+        alpha = upsampled_rows(source.alpha[None].to(sr), scale, top, top + sr.shape[-2])
+        planes = torch.cat([planes, alpha[0]])
     return planes
 
 
 def upscale_file(pipe: YonosSRPipeline, job: Job, options: UpscaleOptions) -> None:
-    """Super-resolve one file and write its PNG atomically; the noise comes from ``options.seed`` alone."""
+    """Super-resolve one file into its PNG band by band of rows (the output is never whole in memory), written to a
+    temporary file renamed into place at the end; the noise comes from ``options.seed`` alone."""
     source = read_image(job.source)
-    result = pipe(
-        source.rgb,
-        scale=options.scale,
-        num_inference_steps=options.steps,
-        generator=torch.Generator().manual_seed(options.seed),  # CPU generator: the same noise on any device
-        tile_size=options.tile_size,
-        tile_overlap=options.tile_overlap,
-        color_fix=options.color_fix,
-        output_type="pt",
-        vae_dtype=options.vae_dtype,
-    )
-    planes = restore_planes(result.images[0].cpu(), source)
-    metadata = {**result.metadata, "yonos:seed": str(options.seed), "yonos:model": options.model}
-    metadata["yonos:source"] = job.source.name
-    save_image_atomic(planes, job.target, bit_depth=source.bit_depth, metadata=metadata)
+    scale = int(options.scale or pipe.config.scale)
+    channels = (1 if source.gray else 3) + (source.alpha is not None)
+    height, width = source.rgb.shape[-2] * scale, source.rgb.shape[-1] * scale
+    peak = 255.0 if source.bit_depth == 8 else 65535.0
+
+    with PngRowWriter(job.target, height, width, channels, source.bit_depth) as png:
+
+        def write_rows(top: int, rows: Tensor) -> None:
+            planes = restore_planes(rows[0], source, scale, top).clamp(0, 1).mul(peak).round().permute(1, 2, 0)
+            png.write(planes.cpu().numpy().astype(np.uint8 if source.bit_depth == 8 else np.uint16))
+
+        metadata = pipe.stream(
+            source.rgb,
+            write_rows,
+            scale=scale,
+            num_inference_steps=options.steps,
+            generator=torch.Generator().manual_seed(options.seed),  # CPU generator: the same noise on any device
+            tile_size=options.tile_size,
+            tile_overlap=options.tile_overlap,
+            tiles_per_call=options.tiles_per_call,
+            color_fix=options.color_fix,
+            vae_dtype=options.vae_dtype,
+        )
+        metadata = {**metadata, "yonos:seed": str(options.seed), "yonos:model": options.model}
+        png.close({**metadata, "yonos:source": job.source.name})
 
 
 def load_pipeline(model: Path, dtype: torch.dtype, device: str) -> YonosSRPipeline:
@@ -148,6 +163,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=1, help="DDIM steps")
     parser.add_argument("--tile-size", type=int, default=DEFAULT_TILE_SIZE, help="tile side, output px; 0: off")
     parser.add_argument("--tile-overlap", type=int, default=DEFAULT_TILE_OVERLAP, help="tile overlap, output px")
+    parser.add_argument("--tiles-per-call", type=int, default=1, help="tiles per UNet / VAE call")
     parser.add_argument("--color-fix", choices=COLOR_FIX_MODES, default="wavelet", help="against the bicubic LR")
     parser.add_argument("--seed", type=int, default=42, help="noise seed, the same for every file")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="UNet precision")
@@ -184,6 +200,7 @@ def main(argv: list[str]) -> None:
         steps=args.steps,
         tile_size=args.tile_size or None,
         tile_overlap=args.tile_overlap,
+        tiles_per_call=args.tiles_per_call,
         color_fix=args.color_fix,
         seed=args.seed,
         vae_dtype=DTYPES[args.vae_dtype],

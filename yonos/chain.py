@@ -25,7 +25,6 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
-from unittest import mock
 
 import yaml
 
@@ -120,8 +119,8 @@ def split_overrides(extra: list[str], stage_names: list[str]) -> tuple[list[str]
 def _fit(arguments: list[str], cli_class: type | None = None):
     from yonos.cli import YonosCLI, run
 
-    with mock.patch.object(sys, "argv", sys.argv[:1]):  # LightningCLI reads `arguments`, not the chain's argv
-        return run(arguments, cli_class=cli_class or YonosCLI)
+    # sys.argv is left alone: under DDP, Lightning starts the other ranks with it (this stage process's command).
+    return run(arguments, cli_class=cli_class or YonosCLI)
 
 
 def _handoff_cli(handoff: Literal["last", "best"]) -> type:

@@ -50,8 +50,8 @@ import argparse
 import importlib
 import json
 import sys
+import warnings
 from collections.abc import Callable
-from unittest import mock
 
 import lightning.pytorch as pl
 from lightning.pytorch.cli import LightningCLI
@@ -186,14 +186,16 @@ def run(args: list[str] | None = None, cli_class: type[YonosCLI] = YonosCLI) -> 
         if code:  # a subcommand that reports failure by its return value (e.g. upscale with failed files)
             raise SystemExit(code)
         return None
-    with mock.patch.object(sys, "argv", sys.argv[:1]):  # LightningCLI reads `args` (rewritten), not sys.argv
-        return cli_class(
-            pl.LightningModule,
-            SRDataModule,
-            subclass_mode_model=True,
-            save_config_kwargs={"overwrite": True},
-            args=nulls_as_json(argv),
-        )
+    # LightningCLI reads `args` (nulls rewritten). sys.argv stays as it is: Lightning's DDP launcher starts the other
+    # ranks with it, and they rewrite it the same way. Hence the warning about both being given does not apply.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
+    return cli_class(
+        pl.LightningModule,
+        SRDataModule,
+        subclass_mode_model=True,
+        save_config_kwargs={"overwrite": True},
+        args=nulls_as_json(argv),
+    )
 
 
 def main(args: list[str] | None = None) -> None:

@@ -440,7 +440,7 @@ def test_resume_after_sigkill_restores_step_optimizer_ema_and_data_position(samp
     callbacks.write_text(
         "trainer:\n  callbacks:\n"
         "    - {class_path: lightning.pytorch.callbacks.ModelCheckpoint, init_args: {save_last: true, every_n_train_steps: 3, save_top_k: -1}}\n"
-        "    - {class_path: lightning.pytorch.callbacks.EMAWeightAveraging, init_args: {decay: 0.9}}\n"
+        "    - {class_path: yonos.callbacks.TrainableEMA, init_args: {decay: 0.9}}\n"
         "    - {class_path: rank_probe.RankProbe}\n"
     )
     base = [

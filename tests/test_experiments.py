@@ -194,6 +194,7 @@ def test_every_experiment_fits_validates_and_keeps_frozen_weights(config: Path, 
 
     if result["ema_params"] is not None:  # EMA over what trains, only
         assert result["ema_params"] == result["trainable_params"]
+        assert "current_model_state" not in checkpoint  # saved after fit: live weights = average, stored once
     loaded = _loaded_weights(result, sd_layout)
     for key in ("state_dict", "current_model_state"):
         if key not in checkpoint:

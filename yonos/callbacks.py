@@ -166,7 +166,8 @@ class TrainableEMA(EMAWeightAveraging):
     average holds a copy of the parameters with ``requires_grad`` at fit start only (buffers are not averaged);
     frozen weights are never written. Validation runs on the average, the weights after ``fit`` are the average,
     and checkpoints keep Lightning's layout: ``state_dict`` holds the average in place of the trainable weights
-    (frozen weights as they are), ``current_model_state`` the live weights, so ``--ckpt_path`` resumes both.
+    (frozen weights as they are), ``current_model_state`` the live weights, so ``--ckpt_path`` resumes both. A save
+    after ``fit`` (the chain's ``final.ckpt``) has no ``current_model_state``: the live weights are the average then.
     """
 
     def __init__(
@@ -182,6 +183,7 @@ class TrainableEMA(EMAWeightAveraging):
         )
         self._names: list[str] = []
         self._live: nn.ParameterList | None = None
+        self._applied = False  # True once fit ended and the average was copied into the live weights
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != TrainerFn.FITTING:
@@ -189,7 +191,7 @@ class TrainableEMA(EMAWeightAveraging):
         named = [(name, p) for name, p in pl_module.named_parameters() if p.requires_grad]
         if not named:
             raise ValueError(f"TrainableEMA: {type(pl_module).__name__} has no trainable parameters to average")
-        self._names = [name for name, _ in named]
+        self._names, self._applied = [name for name, _ in named], False
         self._live = nn.ParameterList([p for _, p in named])  # the module's own Parameter objects, not copies
         self._average_model = AveragedModel(
             self._live, device=self._device or pl_module.device, use_buffers=False, **self._kwargs
@@ -219,12 +221,14 @@ class TrainableEMA(EMAWeightAveraging):
         with torch.no_grad():
             for average, current in zip(self._average_model.module.parameters(), self._live):
                 current.copy_(average)
+        self._applied = True
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
         if self._average_model is None:
             return  # outside fit: the module's weights are what there is
         current = checkpoint["state_dict"]
-        checkpoint["current_model_state"] = current
+        if not self._applied:  # after fit the live weights are the average: one copy is enough (smaller file)
+            checkpoint["current_model_state"] = current
         average = {name: value.to(current[name].device) for name, value in self.averaged_state().items() if name in current}
         checkpoint["state_dict"] = {**current, **average}
         checkpoint["averaging_state"] = {

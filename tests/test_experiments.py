@@ -268,3 +268,18 @@ def test_a_final_checkpoint_from_another_step_is_not_published(tmp_path: Path, s
     with pytest.raises(RuntimeError, match="saved at step 0 but training ended at step 1; not published"):
         chain.run_chain([config], tmp_path / "chain", extra=args, isolate=False)
     assert not (tmp_path / "chain" / "teacher_x2" / "final.ckpt").exists()
+
+
+def test_handoff_best_publishes_the_best_monitored_checkpoint(tmp_path: Path, sample_data: Path):
+    fragment = tmp_path / "best.yml"
+    fragment.write_text(
+        "trainer:\n  callbacks:\n"
+        "    - {class_path: lightning.pytorch.callbacks.ModelCheckpoint, init_args: "
+        "{monitor: train/loss, mode: min, save_top_k: 1, every_n_train_steps: 1, filename: best}}\n"
+    )
+    config = ROOT / "experiments" / "tiny" / "teacher_x2.yaml"
+    args = ["-c", str(fragment), f"--data.train_dir={sample_data / 'train'}", f"--data.val_dir={sample_data / 'val'}",
+            "--data.hr_size=32", "--trainer.max_steps=3", "--trainer.limit_val_batches=0", "--trainer.log_every_n_steps=1"]
+    finals = chain.run_chain([config], tmp_path / "chain", extra=args, handoff="best", isolate=False)
+    best = tmp_path / "chain" / "teacher_x2" / "checkpoints" / "best.ckpt"
+    assert best.is_file() and os.path.samefile(finals["teacher_x2"], best)

@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from yonos.cli import main
+import lightning.pytorch as pl
+
+from yonos.cli import EXTRA_COMMANDS, YonosCLI, main, nulls_as_json
+from yonos.data import SRDataModule
 from yonos.demo import run_demo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,6 +34,9 @@ def test_each_yaml_parses_with_the_real_cli(config: Path, capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["class_path"].startswith("yonos.modules.")
     assert printed["data"]["scales"]
+    callbacks = [c["class_path"] for c in printed["trainer"]["callbacks"]]
+    assert "yonos.callbacks.PreemptionCheckpoint" in callbacks  # SIGTERM saves last.ckpt with the yaml alone
+    assert "lightning.pytorch.callbacks.EMAWeightAveraging" not in callbacks  # it averages frozen weights too
 
 
 def test_a_typo_in_a_choice_fails_at_parse_time(capsys):
@@ -41,10 +47,36 @@ def test_a_typo_in_a_choice_fails_at_parse_time(capsys):
     assert "v_predction" in capsys.readouterr().err
 
 
-def test_python_dash_m_yonos_shows_the_subcommands():
+def test_python_dash_m_yonos_lists_every_command_with_one_line():
     result = subprocess.run([sys.executable, "-m", "yonos", "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
-    assert all(command in result.stdout for command in ("fit", "validate", "test", "predict"))
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.startswith("  ")}
+    assert set(lines) == {"fit", "validate", "test", "predict", *EXTRA_COMMANDS}
+    assert all(len(line.split()) > 3 for line in lines.values())  # a description, not just the name
+
+
+def _parsed(*args: str) -> YonosCLI:
+    """The CLI's parse and instantiation, without running a subcommand."""
+    return YonosCLI(pl.LightningModule, SRDataModule, subclass_mode_model=True, run=False, args=nulls_as_json(list(args)))
+
+
+def test_one_seed_for_the_run_the_module_and_the_data():
+    real = str(ROOT / "experiments" / "teacher_x2.yaml")  # seed_everything 42 (the modules default to 0)
+    cli = _parsed("-c", real, "--trainer.accelerator=cpu", "--model.init_args.backbone.preset=tiny",
+                  "--model.init_args.backbone.pretrained", "null", "--seed_everything=7")
+    assert cli.model.hparams.seed == cli.datamodule.seed == 7
+    assert cli.model.hparams.backbone["pretrained"] is None  # `null` means None, not the string 'None'
+    with pytest.raises(SystemExit):
+        _parsed("-c", real, "--data.seed=3")  # a second seed is refused: seed_everything is the run's seed
+
+
+def test_null_inside_init_args_becomes_a_json_object():
+    assert nulls_as_json(["fit", "--model.init_args.backbone.pretrained", "null", "--trainer.max_steps=null"]) == [
+        "fit", "--model.init_args.backbone", '{"pretrained": null}', "--trainer.max_steps=null"
+    ]
+    assert nulls_as_json(["--model.init_args.a.b.c=null", "--model.init_args.seed", "null"]) == [
+        "--model.init_args.a", '{"b": {"c": null}}', "--model.init_args.seed", "null"
+    ]
 
 
 def test_console_command_exits_zero_after_a_successful_fit(tmp_path: Path, sample_data: Path):

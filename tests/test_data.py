@@ -186,6 +186,30 @@ def test_bad_files_are_skipped_with_one_warning(tmp_path: Path) -> None:
         assert dataset[index]["hr"].shape == (3, 32, 32)
 
 
+def decompression_bomb_png(path: Path, side: int = 100_000) -> Path:
+    """A PNG whose header claims side x side pixels (10^10 for the default: beyond twice PIL's MAX_IMAGE_PIXELS)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_a_decompression_bomb_is_skipped_with_the_usual_warning(tmp_path: Path) -> None:
+    good = write_folder(tmp_path, [(32, 32)])
+    bomb = decompression_bomb_png(tmp_path / "bomb.png")
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(bomb).close()  # what PIL does with it
+
+    with pytest.warns(UserWarning, match=r"data.train_dir: skipped 1 .*bomb.png"):
+        dataset = HRFolderDataset(tmp_path, hr_size=32, train=True, key="data.train_dir")
+    assert dataset.paths == good
+
+
 def test_undecodable_image_is_replaced_by_the_next_one(tmp_path: Path) -> None:
     paths = write_folder(tmp_path, [(32, 32), (32, 32), (32, 32)])
     paths[1].write_bytes(paths[1].read_bytes()[:60])  # valid header, truncated pixel data

@@ -261,19 +261,19 @@ def test_chain_resumes_an_interrupted_stage_and_skips_finished_ones(tmp_path: Pa
     configs = ["experiments/tiny/teacher_x2.yaml", "experiments/tiny/distill_x2_to_x4.yaml"]
     out = tmp_path / "chain"
     # An interrupted teacher: two steps done, no final checkpoint.
-    chain.run_chain(configs, out, until=2, extra=_tiny_chain_args(tmp_path, sample_data, 2))
+    chain.run_chain(configs, out, until=2, extra=_tiny_chain_args(tmp_path, sample_data, 2), isolate=False)
     (out / "teacher_x2" / "final.ckpt").unlink()
 
     fits = []
     real_fit = chain._fit
 
-    def recording_fit(arguments):
-        cli = real_fit(arguments)
+    def recording_fit(arguments, cli_class=None):
+        cli = real_fit(arguments, cli_class)
         fits.append((arguments, cli.trainer.ckpt_path, cli.trainer.global_step))
         return cli
 
     monkeypatch.setattr(chain, "_fit", recording_fit)
-    finals = chain.run_chain(configs, out, extra=_tiny_chain_args(tmp_path, sample_data, 4))
+    finals = chain.run_chain(configs, out, extra=_tiny_chain_args(tmp_path, sample_data, 4), isolate=False)
     assert list(finals) == ["teacher_x2", "student_x4"]
     (teacher_args, teacher_resumed_from, teacher_steps), (student_args, student_resumed_from, student_steps) = fits
     assert teacher_resumed_from and Path(teacher_resumed_from).name == "last.ckpt" and teacher_steps == 4
@@ -282,7 +282,7 @@ def test_chain_resumes_an_interrupted_stage_and_skips_finished_ones(tmp_path: Pa
     assert torch.load(finals["student_x4"], weights_only=True)["hyper_parameters"]["student_scale"] == 4
 
     fits.clear()
-    chain.run_chain(configs, out, extra=_tiny_chain_args(tmp_path, sample_data, 4))
+    chain.run_chain(configs, out, extra=_tiny_chain_args(tmp_path, sample_data, 4), isolate=False)
     assert fits == []  # everything finished: nothing is refitted
 
 

@@ -391,7 +391,7 @@ def test_resume_after_sigkill_restores_step_optimizer_ema_and_data_position(samp
     callbacks.write_text(
         "trainer:\n  callbacks:\n"
         "    - {class_path: lightning.pytorch.callbacks.ModelCheckpoint, init_args: {save_last: true, every_n_train_steps: 3, save_top_k: -1}}\n"
-        "    - {class_path: lightning.pytorch.callbacks.EMAWeightAveraging, init_args: {decay: 0.9}}\n"
+        "    - {class_path: yonos.callbacks.TrainableEMA, init_args: {decay: 0.9}}\n"
         "    - {class_path: rank_probe.RankProbe}\n"
     )
     base = [
@@ -433,4 +433,20 @@ def test_sigterm_to_every_ddp_rank_saves_a_checkpoint_and_exits(data: Path, tmp_
     assert checkpoint["global_step"] >= 3  # ModelCheckpoint alone would have saved nothing before step 100
     for rank in (0, 1):  # saved together, at the same step, by both ranks
         assert (tmp_path / "probe" / f"saved-step{checkpoint['global_step']}-rank{rank}.json").exists()
+    assert "SIGTERM: saved" in log.read_text()
+
+
+def test_sigterm_saves_last_ckpt_with_the_stage_yaml_alone(data: Path, tmp_path: Path) -> None:
+    """No strategy fragment layered: PreemptionCheckpoint comes with every stage yaml."""
+    args = [
+        "-m", "yonos", "fit", "-c", str(TINY / "teacher_x2.yaml"),
+        *tiny_args(tmp_path, data, "--trainer.max_steps", "100000", "--trainer.limit_val_batches", "0"),
+    ]
+    log = tmp_path / "log.txt"
+    process = start(args, clean_env(tmp_path / "probe"), log)
+    wait_for(lambda: batches_seen(tmp_path / "probe") >= 2, process, log)
+    os.killpg(process.pid, signal.SIGTERM)
+    assert finish(process, log, timeout=120) == 0, log.read_text()[-3000:]
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert 2 <= checkpoint["global_step"] < 100  # ModelCheckpoint alone saves nothing before step 100
     assert "SIGTERM: saved" in log.read_text()

@@ -1,5 +1,5 @@
 """Lightning callbacks configured from yaml: writing predicted SR images, a global batch size that does not change
-with the number of devices, and a checkpoint on SIGTERM (preemption)."""
+with the number of devices, a checkpoint on SIGTERM (preemption), and EMA of the trainable weights only."""
 
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback, EMAWeightAveraging, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel
 
 from yonos.data import data_parallel_layout
 from yonos.images import save_image_atomic
@@ -152,3 +155,98 @@ class PreemptionCheckpoint(Callback):
         trainer.save_checkpoint(path)
         rank_zero_info(f"SIGTERM: saved {path} at step {trainer.global_step}; resume with --ckpt_path last")
         raise SIGTERMException
+
+
+class TrainableEMA(EMAWeightAveraging):
+    """Lightning's ``EMAWeightAveraging`` over the parameters that train, and nothing else.
+
+    Lightning's callback deep-copies and averages the whole LightningModule: the frozen teacher UNet, the VAE and
+    in the decoder stage the frozen denoiser too. That is a second fp32 copy of every frozen weight, and the
+    "frozen" weights drift, since ``decay * p + (1 - decay) * p`` is not always ``p`` in floating point. Here the
+    average holds a copy of the parameters with ``requires_grad`` at fit start only (buffers are not averaged);
+    frozen weights are never written. Validation runs on the average, the weights after ``fit`` are the average,
+    and checkpoints keep Lightning's layout: ``state_dict`` holds the average in place of the trainable weights
+    (frozen weights as they are), ``current_model_state`` the live weights, so ``--ckpt_path`` resumes both. A save
+    after ``fit`` (the chain's ``final.ckpt``) has no ``current_model_state``: the live weights are the average then.
+    """
+
+    def __init__(
+        self,
+        decay: float = 0.999,
+        update_every_n_steps: int = 1,
+        update_starting_at_step: int | None = None,
+        device: torch.device | str | int | None = None,
+    ) -> None:
+        super().__init__(
+            device=device, use_buffers=False, decay=decay, update_every_n_steps=update_every_n_steps,
+            update_starting_at_step=update_starting_at_step,
+        )
+        self._names: list[str] = []
+        self._live: nn.ParameterList | None = None
+        self._applied = False  # True once fit ended and the average was copied into the live weights
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != TrainerFn.FITTING:
+            return
+        named = [(name, p) for name, p in pl_module.named_parameters() if p.requires_grad]
+        if not named:
+            raise ValueError(f"TrainableEMA: {type(pl_module).__name__} has no trainable parameters to average")
+        self._names, self._applied = [name for name, _ in named], False
+        self._live = nn.ParameterList([p for _, p in named])  # the module's own Parameter objects, not copies
+        self._average_model = AveragedModel(
+            self._live, device=self._device or pl_module.device, use_buffers=False, **self._kwargs
+        )
+
+    def averaged_state(self) -> dict[str, Tensor]:
+        """The running average by module parameter name (what ``state_dict`` holds for those names)."""
+        assert self._average_model is not None
+        return dict(zip(self._names, (p.detach() for p in self._average_model.module.parameters())))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, self._live, outputs, batch, batch_idx)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, self._live)
+
+    def _swap_models(self, pl_module: pl.LightningModule) -> None:
+        assert self._average_model is not None and self._live is not None
+        with torch.no_grad():
+            for average, current in zip(self._average_model.module.parameters(), self._live):
+                kept = average.detach().clone()
+                average.copy_(current)
+                current.copy_(kept)
+
+    def _copy_average_to_current(self, pl_module: pl.LightningModule) -> None:
+        assert self._average_model is not None and self._live is not None
+        with torch.no_grad():
+            for average, current in zip(self._average_model.module.parameters(), self._live):
+                current.copy_(average)
+        self._applied = True
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if self._average_model is None:
+            return  # outside fit: the module's weights are what there is
+        current = checkpoint["state_dict"]
+        if not self._applied:  # after fit the live weights are the average: one copy is enough (smaller file)
+            checkpoint["current_model_state"] = current
+        average = {name: value.to(current[name].device) for name, value in self.averaged_state().items() if name in current}
+        checkpoint["state_dict"] = {**current, **average}
+        checkpoint["averaging_state"] = {
+            name: value for name, value in self._average_model.state_dict().items() if not name.startswith("module.")
+        }
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if self._average_model is None:
+            return
+        state = checkpoint["state_dict"]
+        missing = [name for name in self._names if name not in state]
+        if missing:
+            raise KeyError(f"TrainableEMA: the checkpoint has no weights for the trainable {missing[:3]}")
+        with torch.no_grad():
+            for average, name in zip(self._average_model.module.parameters(), self._names):
+                average.copy_(state[name])
+        averaged = checkpoint.get("averaging_state", {}).get("n_averaged")
+        if averaged is not None:
+            self._average_model.n_averaged.copy_(averaged)
+        if "current_model_state" in checkpoint:
+            pl_module.load_state_dict(checkpoint["current_model_state"])

@@ -48,7 +48,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
+import warnings
 from collections.abc import Callable
 
 import lightning.pytorch as pl
@@ -57,8 +59,66 @@ from lightning.pytorch.cli import LightningCLI
 from yonos.data import SRDataModule
 
 
+SEED_TARGETS = ("data.seed", "model.init_args.seed")
+"""The seeds that follow ``seed_everything``: the module's noise stream and validation noise, the data's
+crops and degradations. They are link targets, so they cannot disagree with the run's seed."""
+
+
+def _linked_seed(seed_everything: bool | int | None) -> int:
+    """The module and data seed for a ``seed_everything`` value (True is replaced by the chosen seed before
+    instantiation, see ``YonosCLI.before_instantiate_classes``; False seeds nothing globally and uses 0)."""
+    return seed_everything if isinstance(seed_everything, int) and not isinstance(seed_everything, bool) else 0
+
+
 class YonosCLI(LightningCLI):
-    """LightningCLI over any yonos stage module (``model.class_path``) and the shared ``SRDataModule``."""
+    """LightningCLI over any yonos stage module (``model.class_path``) and the shared ``SRDataModule``.
+
+    One seed: ``seed_everything`` is linked to ``data.seed`` and ``model.init_args.seed`` (LightningCLI
+    ``link_arguments``), so ``--seed_everything 7`` seeds the global RNGs, the module and the data alike and a
+    clash cannot happen (``--data.seed`` is refused: the parser says to use ``seed_everything``).
+    """
+
+    def add_arguments_to_parser(self, parser) -> None:
+        for target in SEED_TARGETS:
+            parser.link_arguments("seed_everything", target, compute_fn=_linked_seed)
+
+    def before_instantiate_classes(self) -> None:
+        # `seed_everything: true` draws the seed after parsing; hand the drawn value to the links' targets.
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        seed = _linked_seed(config.get("seed_everything"))
+        config["data"]["seed"] = seed
+        init_args = config["model"].get("init_args")
+        if init_args is not None and "seed" in init_args:
+            init_args["seed"] = seed
+
+
+def nulls_as_json(argv: list[str]) -> list[str]:
+    """``--model.init_args.backbone.pretrained null`` as ``--model.init_args.backbone {"pretrained": null}``.
+
+    jsonargparse 4.x turns ``null`` given for a field of a dataclass inside a subclass's init_args into the string
+    ``'None'``; the same value given as a JSON object for the enclosing argument parses as None and merges with
+    the rest of the config. Keys outside ``init_args`` parse correctly and are left alone.
+    """
+    out: list[str] = []
+    index = 0
+    while index < len(argv):
+        token = argv[index]
+        key, value, used = token, None, 1
+        if token.startswith("--") and "=" in token:
+            key, value = token.split("=", 1)
+        elif token.startswith("--") and index + 1 < len(argv):
+            value, used = argv[index + 1], 2
+        head, marker, rest = key.partition(".init_args.")
+        if value == "null" and marker and "." in rest:
+            first, *path = rest.split(".")
+            nested: object = None
+            for part in reversed(path):
+                nested = {part: nested}
+            out += [f"{head}{marker}{first}", json.dumps(nested)]
+        else:
+            out += argv[index : index + used]
+        index += used
+    return out
 
 
 def _prepare_samples(argv: list[str]) -> None:
@@ -92,21 +152,49 @@ EXTRA_COMMANDS: dict[str, Callable[[list[str]], int | None]] = {
     "shard": _lazy("yonos.shards"),
 }
 
+COMMAND_SUMMARIES: dict[str, str] = {
+    "fit": "train a stage: yonos fit -c experiments/teacher_x2.yaml [--ckpt_path last]",
+    "validate": "validation metrics of a checkpoint: yonos validate -c STAGE.yaml --ckpt_path PATH.ckpt",
+    "test": "the same metrics as validate, logged under test/",
+    "predict": "SR images of data.predict_dir with a stage checkpoint (SRImageWriter writes them)",
+    "chain": "teacher -> distillation -> decoder stages in order, resumable, each in its own process",
+    "demo": "the whole method with tiny models on the bundled sample photos, CPU, a few minutes",
+    "export": "a stage checkpoint as a diffusers pipeline folder (safetensors, no code)",
+    "upscale": "super-resolve image files and folders with an exported pipeline",
+    "evaluate": "metrics of models and baselines on a test set, and metric-versus-steps sweeps",
+    "shard": "pack an image folder into WebDataset tar shards for cluster training",
+    "prepare-samples": "write the sample photos shipped with scikit-image to data/samples",
+}
 
-def run(args: list[str] | None = None) -> YonosCLI | None:
+
+def print_overview() -> None:
+    """``yonos --help``: every command with one line; ``yonos COMMAND --help`` shows its options."""
+    print("usage: yonos COMMAND [options]   (yonos COMMAND --help for the options of one command)\n")
+    print("commands:")
+    for name, summary in COMMAND_SUMMARIES.items():
+        print(f"  {name:<16} {summary}")
+
+
+def run(args: list[str] | None = None, cli_class: type[YonosCLI] = YonosCLI) -> YonosCLI | None:
     """Run a ``yonos`` command in-process; returns the CLI object (with its ``trainer``) for LightningCLI runs."""
     argv = list(sys.argv[1:] if args is None else args)
-    if argv and argv[0] in EXTRA_COMMANDS:
+    if not argv or argv[0] in ("-h", "--help"):
+        print_overview()
+        return None
+    if argv[0] in EXTRA_COMMANDS:
         code = EXTRA_COMMANDS[argv[0]](argv[1:])
         if code:  # a subcommand that reports failure by its return value (e.g. upscale with failed files)
             raise SystemExit(code)
         return None
-    return YonosCLI(
+    # LightningCLI reads `args` (nulls rewritten). sys.argv stays as it is: Lightning's DDP launcher starts the other
+    # ranks with it, and they rewrite it the same way. Hence the warning about both being given does not apply.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
+    return cli_class(
         pl.LightningModule,
         SRDataModule,
         subclass_mode_model=True,
         save_config_kwargs={"overwrite": True},
-        args=args,
+        args=nulls_as_json(argv),
     )
 
 

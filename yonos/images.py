@@ -51,12 +51,13 @@ def read_rgb(path: str | Path) -> Tensor:
 
 
 def is_readable_image(path: Path) -> bool:
-    """Whether PIL recognises the file's header as an image (cheap: pixels are not decoded)."""
+    """Whether PIL recognises the file's header as an image (cheap: pixels are not decoded). A decompression
+    bomb (more than twice PIL's ``Image.MAX_IMAGE_PIXELS``) counts as unreadable."""
     try:
         with Image.open(path) as image:
             image.size  # noqa: B018 - forces header parsing
         return True
-    except (UnidentifiedImageError, OSError, ValueError):
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError):
         return False
 
 

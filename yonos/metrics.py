@@ -183,7 +183,7 @@ def _missing(name: str, reason: str) -> MissingWeightsError:
     filename, url = WEIGHT_FILES[name]
     if name in _HF_REPOS:
         where = (
-            f"Run `huggingface-cli download {_HF_REPOS[name]}` on a machine with network and copy the folder "
+            f"Run `hf download {_HF_REPOS[name]}` (huggingface_hub's command) on a machine with network and copy the folder "
             f"{weights_path(name).parents[2].name} into the Hugging Face hub cache ($HF_HOME/hub)."
         )
     else:

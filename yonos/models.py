@@ -111,7 +111,7 @@ def _load(cls: type, name: str, subfolder: str, revision: str | None) -> Any:
     except Exception as err:  # the hub raises many types (offline, 401, 404)
         raise OSError(
             f"could not load {subfolder}/ of {name!r} from the Hugging Face hub ({type(err).__name__}: {err}). "
-            "Without network, download the folder elsewhere (huggingface-cli download NAME --local-dir DIR) and "
+            "Without network, download the folder elsewhere (hf download NAME --local-dir DIR) and "
             "set backbone.pretrained to DIR."
         ) from err
 

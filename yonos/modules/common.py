@@ -81,7 +81,7 @@ def shard_trainable(module: pl.LightningModule, networks: list[nn.Module]) -> No
         )
     if any(isinstance(callback, WeightAveraging) for callback in module.trainer.callbacks):
         raise ValueError(
-            "trainer.callbacks: Lightning's EMAWeightAveraging cannot average FSDP-sharded weights; layer "
+            "trainer.callbacks: TrainableEMA / Lightning's EMAWeightAveraging cannot average FSDP-sharded weights; layer "
             "experiments/cluster/fsdp.yml last (it lists the callbacks without EMA) or use ddp.yml"
         )
     for network in networks:

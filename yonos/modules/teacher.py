@@ -1,7 +1,7 @@
 """Stage 1: the teacher, an SR denoiser trained at one scale against the ground truth (method.md section 2.1).
 
 Trained at the target scale directly, the same module is the paper's "direct" baseline. The VAE is frozen;
-degradations come from the DataModule; EMA comes from Lightning's ``EMAWeightAveraging`` callback (yaml).
+degradations come from the DataModule; EMA of the UNet comes from the ``yonos.callbacks.TrainableEMA`` callback (yaml).
 """
 
 from __future__ import annotations

@@ -60,14 +60,16 @@ def sd_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def lpips_weights(tmp_path_factory: pytest.TempPathFactory):
-    """torchvision's AlexNet file name in a private torch hub folder, holding a RANDOM AlexNet (the real yamls
-    validate with LPIPS-alex; the tests cannot download the ImageNet weights). The values are not LPIPS."""
+    """torchvision's AlexNet and VGG16 file names in a private torch hub folder, holding RANDOM networks (the real
+    yamls validate with LPIPS-alex and the decoder stage trains with LPIPS-vgg; the tests cannot download the
+    ImageNet weights). The values are not LPIPS."""
     import torchvision
 
     hub = tmp_path_factory.mktemp("torch-home")
     (hub / "hub" / "checkpoints").mkdir(parents=True)
     torch.manual_seed(5)
     torch.save(torchvision.models.alexnet().state_dict(), hub / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth")
+    torch.save(torchvision.models.vgg16().state_dict(), hub / "hub" / "checkpoints" / "vgg16-397923af.pth")
     previous = os.environ.get("TORCH_HOME")
     os.environ["TORCH_HOME"] = str(hub)
     yield hub

@@ -53,7 +53,7 @@ def train(variant: str, seed: int, out: Path, steps: int, data: Path) -> Path:
         return final
     cli = run([
         "fit", "-c", str(ROOT / "experiments/tiny/teacher_x2.yaml"), *VARIANTS[variant],
-        f"--seed_everything={seed}", f"--model.init_args.seed={seed}", f"--data.seed={seed}",
+        f"--seed_everything={seed}",
         f"--data.train_dir={data / 'train'}", f"--data.val_dir={data / 'val'}", f"--trainer.max_steps={steps}",
         "--trainer.limit_val_batches=0", f"--trainer.default_root_dir={folder}",
         f"--trainer.logger.init_args.save_dir={folder}", "--trainer.enable_progress_bar=false",

@@ -60,7 +60,8 @@ def test_tiled_rows_reads_and_yields_bands_in_order_and_equals_tiled_map():
 def test_colour_fix_by_bands_equals_the_whole_image(mode: str):
     g = torch.Generator().manual_seed(0)
     sr, reference = torch.rand(2, 3, 150, 40, generator=g), torch.rand(2, 3, 150, 40, generator=g)
-    fixer, out, top = ColorFixRows(mode, lambda a, b: reference[..., a:b, :], 150), torch.full_like(sr, -1.0), 0
+    fixer = ColorFixRows(mode, lambda a, b: reference[..., a:b, :], 150, columns=16)  # chunks of columns too
+    out, top = torch.full_like(sr, -1.0), 0
     for rows in (37, 64, 20, 29):
         for band_top, band in fixer.push(top, sr[..., top : top + rows, :]):
             out[..., band_top : band_top + band.shape[-2], :] = band

@@ -101,15 +101,18 @@ class ColorFixRows:
     order as they become final. ``reference_rows(top, bottom)`` returns the reference's rows [top, bottom).
 
     ``none`` passes bands through. ``wavelet`` is local: it holds ``WAVELET_MARGIN`` rows of context on each side
-    of what it emits and equals the whole-image result. ``adain`` needs the whole image's channel statistics before
+    of what it emits and equals the whole-image result; it works on ``columns``-wide chunks (with the same margin),
+    so its temporaries do not grow with the image width. ``adain`` needs the whole image's channel statistics before
     the first corrected pixel: it keeps the uncorrected image in 16 bits (6 bytes per pixel, quantisation 1.5e-5)
     and emits everything at :meth:`finish` (an image pushed as one band is corrected at once, exactly).
     """
 
-    def __init__(self, mode: ColorFix, reference_rows: Callable[[int, int], Tensor], height: int) -> None:
+    def __init__(
+        self, mode: ColorFix, reference_rows: Callable[[int, int], Tensor], height: int, columns: int = 1024
+    ) -> None:
         if mode not in COLOR_FIX_MODES:
             raise ValueError(f"unknown colour fix {mode!r}; choose from {COLOR_FIX_MODES}")
-        self.mode, self.reference_rows, self.height = mode, reference_rows, height
+        self.mode, self.reference_rows, self.height, self.columns = mode, reference_rows, height, columns
         self._rows: list[Tensor] = []  # wavelet: the buffered SR rows [self._top, self._top + buffered)
         self._top = self._done = 0
         self._sums: list[Tensor] = []  # adain: float64 sums of sr, sr^2, ref, ref^2, each (B, 3)
@@ -141,8 +144,8 @@ class ColorFixRows:
         if end <= self._done:
             return []
         reference = self.reference_rows(self._top, bottom)
-        fixed = wavelet_color_fix(window.float(), reference.float(), WAVELET_LEVELS).to(window.dtype)
-        band = (self._done, fixed[..., self._done - self._top : end - self._top, :])
+        rows = slice(self._done - self._top, end - self._top)
+        band = (self._done, _wavelet_by_columns(window, reference, rows, self.columns))
         keep_from = max(self._top, end - WAVELET_MARGIN)
         self._rows = [window[..., keep_from - self._top :, :]]
         self._top, self._done = keep_from, end
@@ -170,6 +173,18 @@ class ColorFixRows:
             bands.append((top, _adain_apply(rows, *[s.to(device) for s in stats])))
         self._quantised = []
         return bands
+
+
+def _wavelet_by_columns(window: Tensor, reference: Tensor, rows: slice, columns: int) -> Tensor:
+    """``wavelet_color_fix(window, reference)[..., rows, :]`` computed on column chunks of ``columns`` plus
+    ``WAVELET_MARGIN`` on each side (the same values: the cascade is local), so its temporaries stay small."""
+    width, out = window.shape[-1], []
+    for left in range(0, width, columns):
+        right = min(width, left + columns)
+        lo, hi = max(0, left - WAVELET_MARGIN), min(width, right + WAVELET_MARGIN)
+        fixed = wavelet_color_fix(window[..., lo:hi].float(), reference[..., lo:hi].float(), WAVELET_LEVELS)
+        out.append(fixed[..., rows, left - lo : right - lo].to(window.dtype))
+    return torch.cat(out, dim=-1) if len(out) > 1 else out[0]
 
 
 def _to_uint16(rows: Tensor) -> np.ndarray:

@@ -137,7 +137,10 @@ class YonosSRPipeline(DiffusionPipeline):
 
     @property
     def codec(self) -> AnyLatentCodec:
-        return AnyLatentCodec(self.vae)
+        codec = AnyLatentCodec(self.vae)
+        if hasattr(self.vae, "decoder_unet"):  # ConsistencyDecoderVAE: its decoder samples; seeded, deterministic
+            codec.decode_generator = torch.Generator(next(self.vae.parameters()).device).manual_seed(0)
+        return codec
 
     @property
     def size_multiple(self) -> int:
@@ -437,8 +440,8 @@ class YonosSRPipeline(DiffusionPipeline):
             starts = tile_grid(tuple(z_0.shape[-2:]), latent_tile, overlap // factor, 1)
             offsets = sample_tiles(starts, STAT_TILES)
             crops = (z_0[..., t : t + latent_tile, left : left + latent_tile] for t, left in offsets)
-            stats = record_stats(codec.decode, self.vae.decoder, crops)
-        with shared_stats(self.vae.decoder, stats):
+            stats = record_stats(codec.decode, _decoder(self.vae), crops)
+        with shared_stats(_decoder(self.vae), stats):
             if max(z_0.shape[-2:]) * factor <= tile:
                 bands = iter([(0, codec.decode(z_0))])
             else:
@@ -467,6 +470,11 @@ class YonosSRPipeline(DiffusionPipeline):
             "yonos:unet_dtype": str(self._unet_dtype()).removeprefix("torch."),
             "yonos:vae_dtype": str(settings.vae_dtype).removeprefix("torch."),
         }
+
+
+def _decoder(vae: nn.Module) -> nn.Module:
+    """The module a VAE decodes with (``decoder``; ``decoder_unet`` for ConsistencyDecoderVAE)."""
+    return vae.decoder if hasattr(vae, "decoder") else vae.decoder_unet
 
 
 def _register_with_diffusers() -> None:

@@ -1,6 +1,6 @@
 """HR training images as a LitData dataset: ``yonos shard`` writes one with ``litdata.optimize``;
 :class:`StreamingHRDataset` streams HR crops from it (a local folder or an ``s3://`` / ``gs://`` URL) through
-``litdata.StreamingDataLoader``, which splits the chunks between ranks and workers and saves its position in
+LitData's ``StreamingDataLoader``, which splits the chunks between ranks and workers and saves its position in
 Lightning checkpoints. Needs the ``cluster`` extra (``pip install "yonos[cluster]"``).
 
 Each sample holds the image file's original bytes (``image``), its stem (``name``) and its path inside the
@@ -10,9 +10,12 @@ source folder (``source``). This module does not import :mod:`yonos.data`: the c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
+import multiprocessing
 import os
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -123,7 +126,7 @@ def write_shards(
     it); a local folder left by an interrupted run resumes from LitData's checkpoints; an interrupted remote write
     starts again (LitData 0.2.76 does not resume into a non-empty bucket prefix).
     """
-    litdata = _litdata()
+    _litdata()
     src = Path(src_dir).expanduser()
     if not src.is_dir():
         raise FileNotFoundError(f"yonos shard: source folder {src} does not exist")
@@ -143,21 +146,54 @@ def write_shards(
         return ShardReport(out, len(paths), complete=True)
     # Lists, not tuples: LitData compares the inputs with those in its checkpoint, which went through JSON.
     inputs = [[str(path), path.relative_to(src).as_posix()] for path in paths]
-    try:
-        litdata.optimize(
-            encode_sample, inputs, output_dir=out, chunk_bytes=chunk_bytes, num_workers=num_workers,
-            reorder_files=False, mode="overwrite" if (overwrite or index is not None or is_remote(out)) else None,
-            use_checkpoint=not is_remote(out), start_method="fork" if sys.platform.startswith("linux") else None,
-            verbose=False,
-        )
-    except ValueError as err:
-        if "checkpoint" not in str(err):
-            raise
+    options = dict(
+        fn=encode_sample, inputs=inputs, output_dir=out, chunk_bytes=chunk_bytes, num_workers=num_workers,
+        reorder_files=False, mode="overwrite" if (overwrite or index is not None or is_remote(out)) else None,
+        use_checkpoint=not is_remote(out), verbose=False,
+    )
+    failure = _optimize_in_own_group(options) if sys.platform.startswith("linux") else _optimize(options)
+    if failure is not None and failure.startswith("ValueError") and "checkpoint" in failure:
         raise ValueError(
-            f"yonos shard: {out} holds an unfinished write of other images or settings ({err}): pass --overwrite to"
-            " start it again"
-        ) from err
+            f"yonos shard: {out} holds an unfinished write of other images or settings ({failure}): pass --overwrite"
+            " to start it again"
+        )
+    if failure is not None:
+        raise RuntimeError(f"yonos shard: writing {out} failed: {failure}")
     return ShardReport(out, len(paths), complete=False)
+
+
+def _optimize(options: dict[str, Any]) -> str | None:
+    """``litdata.optimize``; the error as text (None on success)."""
+    try:
+        _litdata().optimize(**options)
+    except Exception as err:  # noqa: BLE001 - reported by the caller with the location
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def _optimize_in_own_group(options: dict[str, Any]) -> str | None:
+    """``litdata.optimize`` in a forked child leading its own process group, which is killed afterwards: when a
+    worker fails, LitData leaves its helper processes blocked on their queues (they would hold the terminal and
+    outlive the command). Ctrl-C reaches this process only; the group goes with it."""
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_optimize_child, args=(send, {**options, "start_method": "fork"}))
+    child.start()
+    send.close()
+    try:
+        failure = receive.recv()
+    except EOFError:
+        failure = f"the writer process died (exit code {child.exitcode})"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+        child.join()
+    return failure
+
+
+def _optimize_child(send: Any, options: dict[str, Any]) -> None:
+    os.setpgid(0, 0)
+    send.send(_optimize(options))
 
 
 # Reading.
@@ -170,61 +206,60 @@ def crop_generator(seed: int, epoch: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(entropy[0]) << 32 | int(entropy[1]))
 
 
-def _make_streaming_class() -> type:
-    litdata = _litdata()
-
-    class StreamingHRDataset(litdata.StreamingDataset):
-        """HR training crops streamed from a ``yonos shard`` dataset: decoded and cropped in the loader's workers.
-
-        ``crop(image, generator=...)`` cuts the (3, H, W) image; its generator comes from :func:`crop_generator` with the
-        dataset seed, LitData's epoch counter and the global sample index.
-        """
-
-        def __init__(self, location: str, crop: Callable[[Tensor, torch.Generator], Tensor], seed: int, **kwargs: Any):
-            super().__init__(location, shuffle=True, seed=seed, drop_last=True, **kwargs)
-            self.crop, self.crop_seed = crop, seed
-
-        def __getitem__(self, index: Any) -> dict[str, Any]:
-            sample = super().__getitem__(index)
-            position = int(getattr(index, "index", index))
-            with Image.open(io.BytesIO(sample["image"])) as image:
-                array = to_rgb8(image)
-            image = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)  # (3, H, W)
-            hr = self.crop(image, generator=crop_generator(self.crop_seed, self.current_epoch, position))
-            return {"hr": hr, "index": torch.tensor(position), "name": sample["name"]}
-
-    return StreamingHRDataset
+try:  # the `cluster` extra; without it this module still imports and names the missing package when used
+    from litdata import StreamingDataLoader, StreamingDataset
+except ImportError:
+    StreamingDataLoader = StreamingDataset = object
 
 
-def _make_loader_class() -> type:
-    litdata = _litdata()
+class StreamingHRDataset(StreamingDataset):
+    """HR training crops streamed from a ``yonos shard`` dataset: decoded and cropped in the loader's workers.
 
-    class ResumingStreamingDataLoader(litdata.StreamingDataLoader):
-        """LitData's loader, resumed once per ``load_state_dict``.
+    ``crop(image, generator=...)`` cuts the (3, H, W) image; its generator comes from :func:`crop_generator` with the
+    dataset seed, LitData's epoch counter and the global sample index. Defined at module level: spawned workers
+    unpickle it.
+    """
 
-        LitData keeps replaying the loaded position until a pass runs to StopIteration; Lightning ends an epoch after
-        ``len(loader)`` batches without asking for one more, so the pass after a resumed one would replay it again.
-        Here the pass after a resumed pass that yielded a batch starts a fresh epoch.
-        """
+    def __init__(self, location: str, crop: Callable[..., Tensor], seed: int, **kwargs: Any) -> None:
+        _litdata()
+        super().__init__(location, shuffle=True, seed=seed, drop_last=True, **kwargs)
+        self.crop, self.crop_seed = crop, seed
 
-        _resumed_pass_yielded = False
+    def __getitem__(self, index: Any) -> dict[str, Any]:
+        sample = super().__getitem__(index)
+        position = int(getattr(index, "index", index))
+        with Image.open(io.BytesIO(sample["image"])) as image:
+            array = to_rgb8(image)
+        image = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)  # (3, H, W)
+        hr = self.crop(image, generator=crop_generator(self.crop_seed, self.current_epoch, position))
+        return {"hr": hr, "index": torch.tensor(position), "name": sample["name"]}
 
-        def __iter__(self):
-            if self._resumed_pass_yielded:
-                self.restore, self._resumed_pass_yielded = False, False
-            resumed = self.restore
-            for batch in super().__iter__():
-                self._resumed_pass_yielded = self._resumed_pass_yielded or resumed
-                yield batch
 
-    return ResumingStreamingDataLoader
+class ResumingStreamingDataLoader(StreamingDataLoader):
+    """LitData's loader, resumed once per ``load_state_dict``.
+
+    LitData keeps replaying the loaded position until a pass runs to StopIteration; Lightning ends an epoch after
+    ``len(loader)`` batches without asking for one more, so the pass after a resumed one would replay it again.
+    Here the pass after a resumed pass that yielded a batch starts a fresh epoch.
+    """
+
+    _resumed_pass_yielded = False
+
+    def __iter__(self):
+        if self._resumed_pass_yielded:
+            self.restore, self._resumed_pass_yielded = False, False
+        resumed = self.restore
+        for batch in super().__iter__():
+            self._resumed_pass_yielded = self._resumed_pass_yielded or resumed
+            yield batch
 
 
 def shard_loader(dataset: Any, batch_size: int, num_workers: int, pin_memory: bool = False) -> Any:
     """The training loader over :func:`open_shards`' dataset: LitData splits the chunks between ranks and workers
     (equal lengths: what does not fill a batch on every rank is dropped) and its ``state_dict`` puts the position in
     Lightning checkpoints. Workers are not persistent: each epoch's pass must see its new order."""
-    return _make_loader_class()(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
+    _litdata()
+    return ResumingStreamingDataLoader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
 
 
 def open_shards(
@@ -250,7 +285,7 @@ def open_shards(
     if num_samples(index) == 0:
         raise ValueError(f"{key}: the dataset at {location} holds no samples")
     try:
-        return _make_streaming_class()(location, crop, seed, cache_dir=cache_dir)
+        return StreamingHRDataset(location, crop, seed, cache_dir=cache_dir)
     except Exception as err:  # noqa: BLE001
         raise OSError(f"{key}: cannot open {location}: {err}{endpoint_hint(location)}") from err
 

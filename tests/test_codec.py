@@ -151,3 +151,13 @@ def test_codec_yaml_fits_and_validates_through_the_cli(tmp_path: Path, sample_da
     trainer.save_checkpoint(tmp_path / "codec.ckpt")
     out = write_base(tmp_path / "codec.ckpt", tmp_path / "base")
     assert build_codec(BackboneConfig(pretrained=str(out))).downsample_factor == 2
+
+
+def test_posterior_starts_nearly_deterministic_when_asked():
+    images = _images(2)
+    for initial, expected in ((-8.0, -8.0), (None, 0.0)):
+        torch.manual_seed(0)
+        module = CodecModule(architecture=CodecArchitecture(**SMALL), initial_logvar=initial)
+        with torch.no_grad():
+            logvar = module.codec.vae.encode(images * 2 - 1).latent_dist.logvar
+        assert float(logvar.mean()) == pytest.approx(expected, abs=1.0)

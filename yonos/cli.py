@@ -147,6 +147,7 @@ EXTRA_COMMANDS: dict[str, Callable[[list[str]], int | None]] = {
     "demo": _lazy("yonos.demo"),
     "chain": _lazy("yonos.chain"),
     "export": _lazy("yonos.export"),
+    "make-base": _lazy("yonos.base"),
     "upscale": _lazy("yonos.upscale"),
     "evaluate": _lazy("yonos.evaluate"),
     "shard": _lazy("yonos.shards"),

@@ -1,9 +1,10 @@
-"""``yonos demo``: the embedded default run, end to end on the CPU with tiny models and the sample photos.
+"""``yonos demo``: the embedded default run, end to end on the CPU with the shipped tiny SD base and the sample photos.
 
-Prepares the sample images; runs the chain teacher x2 -> student x4 -> decoder fine-tuning (resuming if a
-previous demo was interrupted); validates every stage; exports the fine-tuned model as a pipeline; upscales one
-validation image with ``yonos upscale``; prints a small table comparing bicubic, one step with the original
-decoder and one step with the fine-tuned decoder.
+Prepares the sample images and the held-out validation crops; runs the chain teacher x2 -> student x4 -> decoder
+fine-tuning from the shipped base ``yonos:tiny-sd`` (resuming if a previous demo was interrupted); validates every
+stage; exports the fine-tuned model as a pipeline; upscales one validation image with ``yonos upscale`` and writes it
+side by side with its bicubic upsampling and the HR image; prints a table on the validation crops: bicubic, the
+codec's own ceilings, one step with the original and with the fine-tuned decoder, each with and without colour fix.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from unittest import mock
 import torch
 
 from yonos.chain import run_chain
-from yonos.data import SRDataModule, lr_key
+from yonos.data import SRDataModule, lr_key, validation_seed
 from yonos.degradations import bicubic_downsample, upsample_to
 from yonos.images import read_rgb, save_image_atomic
 from yonos.metrics import psnr_y, ssim_y
 from yonos.samples import prepare_samples
+
+SCALE = 4
 
 TINY_CHAIN = (
     "experiments/tiny/teacher_x2.yaml",
@@ -41,7 +44,7 @@ def _cli(arguments: list[str]):
 def _stage_overrides(stage_dir: Path, data_dir: Path) -> list[str]:
     return [
         f"--data.train_dir={data_dir / 'train'}",
-        f"--data.val_dir={data_dir / 'val'}",
+        f"--data.val_dir={data_dir / 'val_crops'}",
         f"--trainer.default_root_dir={stage_dir}",
         f"--trainer.logger.init_args.save_dir={stage_dir}",
     ]
@@ -62,17 +65,49 @@ def _validate_stages(finals: dict[str, Path], configs: tuple[str, ...], out: Pat
     return metrics
 
 
-def bicubic_baseline(data: Path, scale: int, hr_size: int) -> dict[str, float]:
-    """PSNR-Y / SSIM-Y of bicubic upsampling on the validation crops the stages validate on."""
-    datamodule = SRDataModule(train_dir=None, val_dir=str(data / "val"), hr_size=hr_size, scales=[scale], num_workers=0)
+def validation_pairs(val_dir: Path, scale: int, hr_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """HR crops, their LR (made exactly as the stages' validation makes them) and dataset indices."""
+    datamodule = SRDataModule(train_dir=None, val_dir=str(val_dir), hr_size=hr_size, scales=[scale], num_workers=0)
     datamodule.setup("validate")
-    psnr, ssim = [], []
-    for batch in datamodule.val_dataloader():
-        batch = datamodule.on_after_batch_transfer(batch, 0)
-        sr = upsample_to(batch[lr_key(scale)], tuple(batch["hr"].shape[-2:]))
-        psnr.append(psnr_y(sr, batch["hr"]))
-        ssim.append(ssim_y(sr, batch["hr"]))
-    return {"val/psnr": float(torch.cat(psnr).mean()), "val/ssim": float(torch.cat(ssim).mean())}
+    batches = [datamodule.on_after_batch_transfer(batch, 0) for batch in datamodule.val_dataloader()]
+    return tuple(torch.cat([b[key] for b in batches]) for key in ("hr", lr_key(scale), "index"))  # type: ignore[return-value]
+
+
+def _score(sr: torch.Tensor, hr: torch.Tensor) -> dict[str, float]:
+    return {"val/psnr": float(psnr_y(sr, hr).mean()), "val/ssim": float(ssim_y(sr, hr).mean())}
+
+
+def comparison_table(student_ckpt: Path, decoder_ckpt: Path, val_dir: Path, hr_size: int, seed: int = 0) -> dict:
+    """PSNR-Y / SSIM-Y on the validation crops: bicubic, the codec's ceilings (decode(encode(HR)) and
+    decode(encode(bicubic-up LR))), and one DDIM step with the original and the fine-tuned decoder, each without and
+    with the wavelet colour fix. Crop i's noise is seeded from its index, as in the stages' validation."""
+    from yonos.export import pipeline_from_checkpoint
+
+    hr, lr, index = validation_pairs(val_dir, SCALE, hr_size)
+    bicubic = upsample_to(lr, tuple(hr.shape[-2:]))
+    original, tuned = pipeline_from_checkpoint(student_ckpt), pipeline_from_checkpoint(decoder_ckpt)
+    codec = original.codec  # the shipped base's VAE: the stages before decoder fine-tuning never change it
+    with torch.no_grad():
+        table = {
+            "bicubic": _score(bicubic, hr),
+            "codec ceiling: decode(encode(HR))": _score(codec.decode(codec.encode(hr)), hr),
+            "codec ceiling: decode(encode(bicubic))": _score(codec.decode(codec.encode(bicubic)), hr),
+        }
+    for name, pipeline in (("original decoder", original), ("fine-tuned decoder", tuned)):
+        for color_fix in ("none", "wavelet"):
+            generators = [torch.Generator().manual_seed(validation_seed(seed, int(i))) for i in index]
+            sr = pipeline(lr, num_inference_steps=1, generator=generators, tile_size=None, color_fix=color_fix, output_type="pt").images
+            table[f"1 step, {name}" + (", colour fix" if color_fix != "none" else "")] = _score(sr, hr)
+    return table
+
+
+def side_by_side(lr_path: Path, sr_path: Path, hr: torch.Tensor, out: Path) -> Path:
+    """One PNG: the LR upsampled bicubically | the SR output | the HR image."""
+    sr = read_rgb(sr_path)
+    bicubic = upsample_to(read_rgb(lr_path)[None], tuple(sr.shape[-2:]))[0].clamp(0, 1)
+    hr = hr[:, : sr.shape[-2], : sr.shape[-1]]
+    gap = torch.ones(3, sr.shape[-2], 4)
+    return save_image_atomic(torch.cat([bicubic, gap, sr, gap, hr], dim=-1), out)
 
 
 def run_demo(
@@ -95,30 +130,29 @@ def run_demo(
         budget.append(f"--data.hr_size={hr_size}")
 
     # Train: teacher x2, the x4 student distilled from it, then its decoder (finished stages are skipped).
-    data_args = [f"--data.train_dir={data / 'train'}", f"--data.val_dir={data / 'val'}"]
+    data_args = [f"--data.train_dir={data / 'train'}", f"--data.val_dir={data / 'val_crops'}"]
     finals = run_chain(list(configs), out, extra=data_args + budget)
     metrics = _validate_stages(finals, configs, out, data, budget)
 
     # Export the fine-tuned model and upscale one validation image from its bicubic x4 LR.
     model_dir = export_pipeline(list(finals.values())[-1], out / "model", overwrite=True)
     hr = read_rgb(samples["val"][0])
-    height, width = (s - s % 4 for s in hr.shape[-2:])
-    lr_path = save_image_atomic(bicubic_downsample(hr[None, :, :height, :width], 4)[0], out / "demo_input" / samples["val"][0].name)
+    height, width = (s - s % SCALE for s in hr.shape[-2:])
+    lr_path = save_image_atomic(bicubic_downsample(hr[None, :, :height, :width], SCALE)[0], out / "demo_input" / samples["val"][0].name)
     upscaled_dir = out / "upscaled"
     upscale([str(lr_path), "-o", str(upscaled_dir), "--model", str(model_dir), "--steps", "1", "--seed", "0", "--overwrite"])
+    sr_path = upscaled_dir / f"{lr_path.stem}.png"
+    comparison = side_by_side(lr_path, sr_path, hr, out / "side_by_side" / f"{lr_path.stem}.png")
 
-    # The comparison: bicubic, one step with the original decoder, one step with the fine-tuned decoder.
-    decoder = metrics[list(finals)[-1]]
-    table = {
-        "bicubic": bicubic_baseline(data, 4, hr_size or 128),
-        "1 step, original decoder": {k: decoder[f"{k}_original_decoder"] for k in ("val/psnr", "val/ssim")},
-        "1 step, fine-tuned decoder": {k: decoder[k] for k in ("val/psnr", "val/ssim")},
-    }
+    # The comparison on the held-out crops (the same LR images and crops as the stages' validation).
+    names = list(finals)
+    table = comparison_table(finals[names[-2]], finals[names[-1]], data / "val_crops", hr_size or 128)
     return {
         "checkpoints": finals,
         "model": model_dir,
         "lr_input": lr_path,
-        "sr_output": upscaled_dir / f"{lr_path.stem}.png",
+        "sr_output": sr_path,
+        "side_by_side": comparison,
         "tensorboard": out,
         "metrics": metrics,
         "table": table,
@@ -132,13 +166,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-steps", type=int, default=None, help="override trainer.max_steps of every stage")
     args = parser.parse_args(argv)
     result = run_demo(data_dir=args.data_dir, out_dir=args.out_dir, max_steps=args.max_steps)
-    print("\nYONOS-SR demo finished (tiny random-init models: the numbers check the pipeline, not the method).")
+    print("\nYONOS-SR demo finished (tiny models from the shipped base yonos:tiny-sd, trained here on the CPU).")
     for name, path in result["checkpoints"].items():
         print(f"  {name:<14} {path}")
     print(f"  {'pipeline':<14} {result['model']}")
     print(f"  {'lr_input':<14} {result['lr_input']}")
     print(f"  {'sr_output':<14} {result['sr_output']}  (x4, one DDIM step, yonos upscale)")
+    print(f"  {'side_by_side':<14} {result['side_by_side']}  (bicubic | SR | HR)")
     print(f"  {'tensorboard':<14} tensorboard --logdir {result['tensorboard']}")
-    print("\n  x4 on the validation crops      PSNR-Y    SSIM-Y")
+    count = len(list(Path(args.data_dir, "val_crops").glob("*.png")))
+    print(f"\n  x4 on the {count} validation crops{'':<14} PSNR-Y    SSIM-Y")
     for row, values in result["table"].items():
-        print(f"  {row:<30} {values['val/psnr']:>8.2f} {values['val/ssim']:>9.4f}")
+        print(f"  {row:<42} {values['val/psnr']:>8.2f} {values['val/ssim']:>9.4f}")

@@ -66,7 +66,8 @@ class BackboneConfig:
     """Where the Stable Diffusion components come from (shared by the denoiser and the codec)."""
 
     pretrained: str | None = None
-    """A diffusers Stable Diffusion folder (with unet/, vae/, scheduler/) or a hub id; None builds `preset`."""
+    """A diffusers Stable Diffusion folder (with unet/, vae/, scheduler/), a hub id, or `yonos:tiny-sd` (the
+    trained tiny base shipped in the package); None builds `preset`."""
     preset: Preset = "tiny"
     """Architecture with random weights when `pretrained` is None: `tiny` (tests, demo) or `sd21-base`."""
     revision: str | None = None
@@ -75,6 +76,22 @@ class BackboneConfig:
     """Opt in to an all-zero text context when `pretrained` has no text_encoder/. A UNet with a CLIP-sized
     cross-attention (768 or more: every SD 1.x / 2.x) was trained on the real empty-prompt embedding and never saw
     zeros, so without this flag such a folder is an error; smaller (test) UNets get zeros anyway."""
+
+
+SHIPPED_PREFIX = "yonos:"
+"""``backbone.pretrained: yonos:NAME`` is the SD-layout folder ``yonos/assets/NAME`` shipped in the package."""
+
+
+def resolve_pretrained(name: str) -> str:
+    """``name`` itself, or for ``yonos:NAME`` the path of the shipped folder (an error lists the shipped ones)."""
+    if not name.startswith(SHIPPED_PREFIX):
+        return name
+    assets = Path(__file__).parent / "assets"
+    folder = assets / name[len(SHIPPED_PREFIX) :]
+    if not (folder / "model_index.json").is_file():
+        shipped = sorted(f"{SHIPPED_PREFIX}{p.parent.name}" for p in assets.glob("*/model_index.json"))
+        raise FileNotFoundError(f"backbone.pretrained = {name!r}: no such shipped model; shipped: {shipped}")
+    return str(folder)
 
 
 def _is_local(name: str) -> bool:
@@ -244,7 +261,8 @@ class LatentCodec(nn.Module):
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     def encode(self, image: Tensor, generator: torch.Generator | None = None, sample: bool = False) -> Tensor:
-        """(B, 3, H, W) in [0, 1] -> (B, 4, H/8, W/8); the posterior mean unless ``sample``."""
+        """(B, 3, H, W) in [0, 1] -> (B, 4, H/f, W/f) (f = ``downsample_factor``, 8 for SD); the posterior mean
+        unless ``sample``."""
         posterior = self.vae.encode(image.to(weight_dtype(self.vae.encoder)) * 2.0 - 1.0).latent_dist
         latent = posterior.sample(generator) if sample else posterior.mode()
         shift = self.vae.config.get("shift_factor") or 0.0
@@ -287,14 +305,16 @@ class LatentCodec(nn.Module):
 def build_denoiser(config: BackboneConfig) -> SRDenoiser:
     """The denoiser for a backbone config (pretrained folder / hub id, else the named preset)."""
     if config.pretrained:
-        return SRDenoiser.from_pretrained(config.pretrained, config.revision, config.zero_prompt_embedding)
+        return SRDenoiser.from_pretrained(
+            resolve_pretrained(config.pretrained), config.revision, config.zero_prompt_embedding
+        )
     return SRDenoiser.from_preset(config.preset)
 
 
 def build_codec(config: BackboneConfig) -> LatentCodec:
     """The latent codec for a backbone config."""
     if config.pretrained:
-        return LatentCodec.from_pretrained(config.pretrained, config.revision)
+        return LatentCodec.from_pretrained(resolve_pretrained(config.pretrained), config.revision)
     return LatentCodec.from_preset(config.preset)
 
 
@@ -302,11 +322,12 @@ def scheduler_source(config: BackboneConfig) -> str | dict[str, Any] | None:
     """The scheduler config to read the noise schedule from: the pretrained folder's, else SD 2.1-base's."""
     if not config.pretrained:
         return None
-    if not _is_local(config.pretrained):
+    pretrained = resolve_pretrained(config.pretrained)
+    if not _is_local(pretrained):
         from diffusers import DDIMScheduler
 
-        return dict(DDIMScheduler.load_config(config.pretrained, subfolder="scheduler", revision=config.revision))
-    folder = Path(config.pretrained).expanduser() / "scheduler"
+        return dict(DDIMScheduler.load_config(pretrained, subfolder="scheduler", revision=config.revision))
+    folder = Path(pretrained).expanduser() / "scheduler"
     if not (folder / "scheduler_config.json").is_file():
         warnings.warn(f"{folder}/scheduler_config.json missing; using SD 2.1-base's noise schedule", stacklevel=2)
         return None

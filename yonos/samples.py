@@ -1,4 +1,5 @@
-"""The embedded default data: photos that ship inside the scikit-image wheel, written as PNG folders.
+"""The embedded default data: photos that ship inside the scikit-image wheel, written as PNG folders, and the
+held-out validation crops (non-overlapping tiles of the validation photos).
 
 No network: ``skimage.data`` reads these from its own package files.
 """
@@ -34,14 +35,37 @@ def _resized(array: np.ndarray, max_side: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255.0
 
 
-def prepare_samples(out_dir: str | Path = "data/samples", max_side: int = 512) -> dict[str, list[Path]]:
-    """Write ``out_dir/train`` and ``out_dir/val`` (PNG, longest side <= max_side); existing files are kept."""
+def tiles(image: torch.Tensor, size: int) -> dict[str, torch.Tensor]:
+    """The non-overlapping ``size`` tiles of (3, H, W) on a grid centred in the image, named ``r{row}c{column}``."""
+    rows, columns = image.shape[-2] // size, image.shape[-1] // size
+    top, left = (image.shape[-2] - rows * size) // 2, (image.shape[-1] - columns * size) // 2
+    return {
+        f"r{r}c{c}": image[:, top + r * size : top + (r + 1) * size, left + c * size : left + (c + 1) * size]
+        for r in range(rows)
+        for c in range(columns)
+    }
+
+
+def prepare_samples(out_dir: str | Path = "data/samples", max_side: int = 512, crop_size: int = 128) -> dict[str, list[Path]]:
+    """Write ``out_dir/train``, ``out_dir/val`` (PNG, longest side <= max_side) and ``out_dir/val_crops`` (every
+    ``crop_size`` tile of the validation photos: more held-out crops than photos); existing files are kept."""
     out_dir = Path(out_dir)
-    written: dict[str, list[Path]] = {"train": [], "val": []}
+    written: dict[str, list[Path]] = {"train": [], "val": [], "val_crops": []}
     for split, names in (("train", TRAIN_PHOTOS), ("val", VAL_PHOTOS)):
         for name in names:
             path = out_dir / split / f"{name}.png"
             if not path.exists():
                 save_image_atomic(_resized(_photo(name), max_side), path)
             written[split].append(path)
+    for name in VAL_PHOTOS:
+        for tile_name, tile in tiles(_read(out_dir / "val" / f"{name}.png"), crop_size).items():
+            path = out_dir / "val_crops" / f"{name}_{tile_name}.png"
+            if not path.exists():
+                save_image_atomic(tile, path)
+            written["val_crops"].append(path)
     return written
+
+
+def _read(path: Path) -> torch.Tensor:
+    with Image.open(path) as image:
+        return torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1).float() / 255.0

@@ -1,7 +1,8 @@
 """The training stages, one LightningModule each (depth 1, no shared base class)."""
 
+from yonos.modules.codec import CodecModule
 from yonos.modules.decoder import DecoderFinetuneModule
 from yonos.modules.distill import ScaleDistillModule
 from yonos.modules.teacher import TeacherModule
 
-__all__ = ["DecoderFinetuneModule", "ScaleDistillModule", "TeacherModule"]
+__all__ = ["CodecModule", "DecoderFinetuneModule", "ScaleDistillModule", "TeacherModule"]

@@ -26,7 +26,9 @@ from yonos.cli import run
 from yonos.models import LatentCodec
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPERIMENTS = sorted((ROOT / "experiments").rglob("*.yaml"))  # every yaml, including ones added later
+# Every SR-stage yaml, including ones added later. tiny/codec.yaml trains the VAE itself (no SD folder to start
+# from, no frozen SR parts) and is launched through the CLI in tests/test_codec.py.
+EXPERIMENTS = sorted(p for p in (ROOT / "experiments").rglob("*.yaml") if p.name != "codec.yaml")
 STEPS = 2
 
 

@@ -163,8 +163,9 @@ COMMAND_SUMMARIES: dict[str, str] = {
     "export": "a stage checkpoint as a diffusers pipeline folder (safetensors, no code)",
     "upscale": "super-resolve image files and folders with an exported pipeline",
     "evaluate": "metrics of models and baselines on a test set, and metric-versus-steps sweeps",
-    "shard": "pack an image folder into WebDataset tar shards for cluster training",
+    "shard": "pack an image folder into LitData chunks (local folder or s3://) for cluster training",
     "prepare-samples": "write the sample photos shipped with scikit-image to data/samples",
+    "make-base": "an SD-layout base folder (vae/, unet/, scheduler/) from a codec-stage checkpoint",
 }
 
 

@@ -301,7 +301,7 @@ IQA_METRICS: dict[str, IQASpec] = {
     "maniqa": IQASpec("maniqa-pipal", False, False, ("timm-vit-b8", "pyiqa-maniqa-pipal")),
     "clipiqa": IQASpec("clipiqa", False, False, ("clip-rn50",)),
 }
-"""pyiqa's references (evaluation.md): DISTS, NIQE, MUSIQ (KonIQ), MANIQA (PIPAL checkpoint), CLIP-IQA (RN50)."""
+"""pyiqa's references (README: "Evaluation"): DISTS, NIQE, MUSIQ (KonIQ), MANIQA (PIPAL checkpoint), CLIP-IQA (RN50)."""
 
 IQAFn = Callable[[Tensor, Tensor | None], Tensor]
 """(SR (B, 3, H, W) in [0, 1], HR or None) -> scores (B,)."""

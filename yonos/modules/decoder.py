@@ -1,4 +1,4 @@
-"""Stage 3: decoder fine-tuning (method.md section 2.3). The distilled UNet and the VAE encoder are frozen; the
+"""Stage 3: decoder fine-tuning (README: "Method in one screen"). The distilled UNet and the VAE encoder are frozen; the
 one-step sampler produces the latent of each HR crop (fresh noise every step) and the VAE decoder learns to map
 that latent to the HR image with L1 + LPIPS and an optional PatchGAN hinge loss (the SD VAE recipe).
 

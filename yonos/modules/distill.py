@@ -1,4 +1,4 @@
-"""Stage 2: scale distillation (method.md section 2.2). A student at scale N learns the frozen teacher's x0
+"""Stage 2: scale distillation (README: "Method in one screen"). A student at scale N learns the frozen teacher's x0
 prediction for the same noisy latent, the teacher seeing the LR at scale N / k (the paper: N / 2).
 
 The teacher is a TeacherModule or an earlier ScaleDistillModule checkpoint; the student starts as its copy.

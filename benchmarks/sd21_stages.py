@@ -12,7 +12,8 @@ around the end-of-fit checkpoint save (Lightning's atomic save buffers the whole
 On the CPU: fp32, ``--hr-size`` crops, batch 1, and SGD without momentum instead of the yamls' AdamW, so that a
 stage fits a 24 GiB machine (AdamW adds two fp32 copies of the trainable weights: +6.9 GiB for the UNet). GPU
 numbers (bf16, 512 px, batch 8) are not measured by this script. Validation LPIPS needs torchvision's AlexNet
-file: a random one is written into a private torch hub folder (its values are not LPIPS; nothing is validated).
+file and the decoder stage's training LPIPS VGG16's: random ones are written into a private torch hub folder (their
+values are not LPIPS; nothing is validated).
 ``--tiny`` runs the same steps on the tiny architecture (a minute; checks the script, measures nothing useful).
 The last line is one JSON object with the headline numbers. Needs about 20 GiB of free host memory.
 """
@@ -130,14 +131,16 @@ def _stage_overrides(args: argparse.Namespace, data: Path) -> list[str]:
     ]
 
 
-def _random_alexnet(torch_home: Path) -> None:
+def _random_lpips_backbones(torch_home: Path) -> None:
+    """Random AlexNet (validation LPIPS) and VGG16 (the decoder stage's training LPIPS) in a private hub folder."""
     import torch
     import torchvision
 
-    target = torch_home / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
-    if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(torchvision.models.alexnet().state_dict(), target)
+    for name, build in (("alexnet-owt-7be5be79.pth", torchvision.models.alexnet), ("vgg16-397923af.pth", torchvision.models.vgg16)):
+        target = torch_home / "hub" / "checkpoints" / name
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(build().state_dict(), target)
 
 
 def _table(rows: list[dict], args: argparse.Namespace) -> None:
@@ -166,7 +169,7 @@ def main() -> None:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "TORCH_HOME": str(out / "torch_home"), "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    _random_alexnet(out / "torch_home")
+    _random_lpips_backbones(out / "torch_home")
     from yonos.samples import prepare_samples
 
     data = out / "data"
@@ -175,7 +178,10 @@ def main() -> None:
     sd, rows = out / "sd21-base", []
     if not (sd / "unet" / "config.json").is_file():
         rows.append(_run("build", [*me, "--child-build", str(sd), str(args.tiny)], out / "build.log", env))
-    stages = [("teacher", "teacher_x2", [f"--model.init_args.backbone.pretrained={sd}"]),
+    # No text_encoder/ in the built folder (no tokenizer vocabulary offline): the zero empty-prompt embedding is
+    # opted into explicitly, as a user without the text encoder would have to.
+    stages = [("teacher", "teacher_x2", [f"--model.init_args.backbone.pretrained={sd}",
+                                         "--model.init_args.backbone.zero_prompt_embedding=true"]),
               ("distill", "distill_x2_to_x4", ["--model.init_args.teacher_ckpt={teacher}"]),
               ("decoder", "decoder_finetune", ["--model.init_args.denoiser_ckpt={distill}", "--data.scales=[4]"])]
     finals: dict[str, str] = {}

@@ -28,7 +28,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 install: $(VENV)/.installed ## Create the virtualenv and install yonos with its test dependencies
 
-demo: install ## Train the tiny x2 teacher on the bundled sample photos (CPU, minutes), validate, super-resolve
+demo: install ## The whole method on the bundled photos (CPU, minutes): teacher x2, student x4, decoder, export, upscale
 	$(VENV)/bin/yonos demo
 
 test: install ## Run the test suite (offline, CPU)

@@ -21,6 +21,7 @@ from diffusers import PNDMScheduler
 from conftest import tiny_unet
 from test_data import decompression_bomb_png
 from yonos import chain
+from yonos.base import write_model_index
 from yonos.callbacks import PreemptionCheckpoint, TrainableEMA
 from yonos.cli import run
 from yonos.models import LatentCodec
@@ -49,14 +50,7 @@ def sd_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
         num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
         prediction_type="epsilon", set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1,
     ).save_pretrained(root / "scheduler")
-    index = {
-        "_class_name": "StableDiffusionPipeline",
-        "_diffusers_version": "0.8.0",
-        "scheduler": ["diffusers", "PNDMScheduler"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-    }
-    (root / "model_index.json").write_text(json.dumps(index, indent=2))
+    write_model_index(root, "PNDMScheduler")
     return root
 
 

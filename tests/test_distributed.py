@@ -443,6 +443,7 @@ def test_sigterm_to_every_ddp_rank_saves_a_checkpoint_and_exits(data: Path, tmp_
     assert "SIGTERM: saved" in printed
 
 
+@pytest.mark.slow
 def test_sigterm_saves_last_ckpt_with_the_stage_yaml_alone(data: Path, tmp_path: Path) -> None:
     """No strategy fragment layered: PreemptionCheckpoint comes with every stage yaml."""
     args = [

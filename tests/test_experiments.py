@@ -182,6 +182,7 @@ def _loaded_weights(result: dict, sd: Path) -> dict[str, torch.Tensor]:
     return {**{f"{target}{k}": v for k, v in _sub(source, prefix).items()}, **{k: v for k, v in source.items() if k.startswith("codec.")}}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", EXPERIMENTS, ids=_name)
 def test_every_experiment_fits_validates_and_keeps_frozen_weights(config: Path, fitted: Fitted, sd_layout: Path):
     result = fitted.fit(config)
@@ -214,6 +215,7 @@ def test_every_experiment_fits_validates_and_keeps_frozen_weights(config: Path, 
     assert "val/psnr" in metrics and torch.isfinite(metrics["val/psnr"])
 
 
+@pytest.mark.slow
 def test_the_chain_hands_on_the_end_of_training_with_per_stage_overrides(tmp_path: Path, sd_layout: Path, hostile_data, lpips_weights):
     """``yonos chain`` on the real yamls, each stage in a fresh process (teacher -> decoder stage here; the
     teacher -> student hand-off is the same code, tested in process in test_distill). The backbone override goes to

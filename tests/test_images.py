@@ -357,6 +357,14 @@ def test_read_image_names_a_corrupt_16bit_png(tmp_path: Path) -> None:
         read_image(tmp_path / "cut.png")
 
 
+def test_read_image_refuses_a_16bit_decompression_bomb(tmp_path: Path) -> None:
+    header = struct.pack(">IIBBBBB", 100_000, 100_000, 16, 2, 0, 0, 0)  # 10^10 pixels claimed
+    (tmp_path / "bomb16.png").write_bytes(_png_bytes(header, b"\x00" * 64))
+
+    with pytest.raises(Image.DecompressionBombError):
+        read_image(tmp_path / "bomb16.png")
+
+
 @pytest.mark.parametrize("channels", [1, 2, 3, 4])
 @pytest.mark.parametrize("bit_depth", [8, 16])
 def test_png_row_writer_is_read_back_by_libpng_and_pillow(tmp_path: Path, channels: int, bit_depth: int) -> None:

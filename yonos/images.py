@@ -8,6 +8,7 @@ band writer of ``yonos upscale``. No training logic here; datasets, prediction w
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from dataclasses import dataclass
@@ -123,17 +124,19 @@ def read_image(source: str | Path | BinaryIO) -> DecodedImage:
 
     EXIF orientation is applied, except to 16-bit colour PNGs (their samples come from imagecodecs, not Pillow).
     """
-    if isinstance(source, (str, Path)):
+    start = None if isinstance(source, (str, Path)) else source.tell()
+    if start is None:
         with open(source, "rb") as file:
             head = file.read(_PNG_HEAD)
     else:
         head = source.read(_PNG_HEAD)
-        source.seek(-len(head), os.SEEK_CUR)
+        source.seek(start)
     if _is_png16_colour(head):
-        data = Path(source).read_bytes() if isinstance(source, (str, Path)) else source.read()
+        data = Path(source).read_bytes() if start is None else source.read()
         try:
+            Image.open(io.BytesIO(data)).close()  # Pillow's header checks, its decompression-bomb limit included
             samples = imagecodecs.png_decode(data)
-        except imagecodecs.PngError as err:
+        except (imagecodecs.PngError, UnidentifiedImageError) as err:
             raise OSError(f"cannot decode the PNG {source}: {err}") from err
         return _planes(samples.astype(np.float32) / 65535.0, bit_depth=16)
     with Image.open(source) as image:

@@ -14,7 +14,7 @@ PARITY_TESTS ?= tests/test_degradations_parity.py tests/test_degradations_kernel
 	tests/test_metrics.py tests/test_evaluate.py::test_iqa_weights_missing_offline_name_every_file
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-parity clean
+.PHONY: help install demo test test-fast test-parity clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,11 +28,14 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 install: $(VENV)/.installed ## Create the virtualenv and install yonos with its test dependencies
 
-demo: install ## Train the tiny x2 teacher on the bundled sample photos (CPU, minutes), validate, super-resolve
+demo: install ## The whole method on the bundled photos (CPU, minutes): teacher x2, student x4, decoder, export, upscale
 	$(VENV)/bin/yonos demo
 
 test: install ## Run the test suite (offline, CPU)
 	HF_HUB_OFFLINE=1 YONOS_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install ## The suite without the tests marked slow (notebooks, multi-process and whole-chain runs)
+	HF_HUB_OFFLINE=1 YONOS_OFFLINE=1 $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # BasicSR 1.4.2 is an sdist whose setup.py imports torch: built without isolation against $(VENV)'s torch (an
 # isolated build would download a second torch). Its import of the removed torchvision.transforms.functional_tensor

@@ -130,10 +130,6 @@ def seconds_per_call(rows: dict[str, Callable[[], object]], device: torch.device
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
-# ---------------------------------------------------------------------------------------------------------------- #
-# HOOK, to fill once yonos.modules exists: time one tiny-model training step on `device` for a batch of `batch`
-# HR images of `size` px, degradation included, and return its seconds; main() reports the degradation's share.
-# ---------------------------------------------------------------------------------------------------------------- #
 def time_training_step(device: torch.device, batch: int, size: int, config: RealESRGANConfig, scale: int, reps: int) -> float:
     """Seconds of one tiny-teacher training step at x``scale`` with the degradation included (median of ``reps``)."""
     from unittest import mock

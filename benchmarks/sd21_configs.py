@@ -90,6 +90,8 @@ def build_folder(root: Path, seed: int = 0, unet: dict[str, Any] = UNET, vae: di
     import torch
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
 
+    from yonos.base import write_model_index
+
     torch.manual_seed(seed)
     counts = {}
     network = UNet2DConditionModel(**unet)
@@ -104,12 +106,5 @@ def build_folder(root: Path, seed: int = 0, unet: dict[str, Any] = UNET, vae: di
     config = {"_class_name": "PNDMScheduler", "_diffusers_version": "0.8.0", **SCHEDULER}
     (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(config, indent=2))
     PNDMScheduler.from_pretrained(root / "scheduler")  # it loads
-    index = {
-        "_class_name": "StableDiffusionPipeline",
-        "_diffusers_version": "0.8.0",
-        "scheduler": ["diffusers", "PNDMScheduler"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-    }
-    (root / "model_index.json").write_text(json.dumps(index, indent=2))
+    write_model_index(root, "PNDMScheduler")
     return counts

@@ -80,6 +80,7 @@ def test_null_inside_init_args_becomes_a_json_object():
     ]
 
 
+@pytest.mark.slow
 def test_console_command_exits_zero_after_a_successful_fit(tmp_path: Path, sample_data: Path):
     """The console script exits with main()'s return value: a successful run must exit 0."""
     command = [
@@ -93,6 +94,7 @@ def test_console_command_exits_zero_after_a_successful_fit(tmp_path: Path, sampl
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
 
 
+@pytest.mark.slow
 def test_demo_pieces_run_end_to_end_on_a_small_budget(tmp_path: Path, monkeypatch):
     monkeypatch.chdir(ROOT)  # the demo's config paths are relative to the repository root
     result = run_demo(data_dir=str(tmp_path / "samples"), out_dir=str(tmp_path / "out"), max_steps=2, hr_size=32)

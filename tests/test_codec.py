@@ -57,6 +57,7 @@ def test_architecture_is_checked_with_the_yaml_key():
         CodecModule(architecture=CodecArchitecture(**SMALL), l1_weight=0.0, mse_weight=0.0)
 
 
+@pytest.mark.slow
 def test_training_improves_reconstruction(tmp_path: Path, one_thread):
     torch.manual_seed(0)
     optimizer = lambda params: torch.optim.Adam(params, lr=2e-3)  # noqa: E731

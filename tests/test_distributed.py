@@ -417,6 +417,17 @@ def test_resume_after_sigkill_restores_step_optimizer_ema_and_data_position(samp
     assert resumed["train_batches"] == uninterrupted[step:8] and resumed["end"]["global_step"] == 8
 
 
+def fit_until_sigterm(args: list[str], tmp_path: Path, batches: int) -> str:
+    """Run ``python ARGS`` with the rank probe, send SIGTERM to its process group once ``batches`` training batches
+    ran, and require a clean exit (0); returns what it printed."""
+    log = tmp_path / "log.txt"
+    process = start(args, clean_env(tmp_path / "probe"), log)
+    wait_for(lambda: batches_seen(tmp_path / "probe") >= batches, process, log)
+    os.killpg(process.pid, signal.SIGTERM)
+    assert finish(process, log, timeout=120) == 0, log.read_text()[-3000:]
+    return log.read_text()
+
+
 @pytest.mark.slow
 def test_sigterm_to_every_ddp_rank_saves_a_checkpoint_and_exits(data: Path, tmp_path: Path) -> None:
     """SLURM preempts by sending SIGTERM to every task; Lightning's launcher keeps both ranks in one group here."""
@@ -424,29 +435,22 @@ def test_sigterm_to_every_ddp_rank_saves_a_checkpoint_and_exits(data: Path, tmp_
         "-m", "yonos", "fit", "-c", str(TINY / "teacher_x2.yaml"), "-c", str(CLUSTER / "ddp.yml"), "--trainer.devices", "2",
         *tiny_args(tmp_path, data, "--trainer.max_steps", "100000", "--trainer.limit_val_batches", "0"),
     ]
-    log = tmp_path / "log.txt"
-    process = start(args, clean_env(tmp_path / "probe"), log)
-    wait_for(lambda: batches_seen(tmp_path / "probe") >= 3, process, log)
-    os.killpg(process.pid, signal.SIGTERM)
-    assert finish(process, log, timeout=120) == 0, log.read_text()[-3000:]
+    printed = fit_until_sigterm(args, tmp_path, batches=3)
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert checkpoint["global_step"] >= 3  # ModelCheckpoint alone would have saved nothing before step 100
     for rank in (0, 1):  # saved together, at the same step, by both ranks
         assert (tmp_path / "probe" / f"saved-step{checkpoint['global_step']}-rank{rank}.json").exists()
-    assert "SIGTERM: saved" in log.read_text()
+    assert "SIGTERM: saved" in printed
 
 
+@pytest.mark.slow
 def test_sigterm_saves_last_ckpt_with_the_stage_yaml_alone(data: Path, tmp_path: Path) -> None:
     """No strategy fragment layered: PreemptionCheckpoint comes with every stage yaml."""
     args = [
         "-m", "yonos", "fit", "-c", str(TINY / "teacher_x2.yaml"),
         *tiny_args(tmp_path, data, "--trainer.max_steps", "100000", "--trainer.limit_val_batches", "0"),
     ]
-    log = tmp_path / "log.txt"
-    process = start(args, clean_env(tmp_path / "probe"), log)
-    wait_for(lambda: batches_seen(tmp_path / "probe") >= 2, process, log)
-    os.killpg(process.pid, signal.SIGTERM)
-    assert finish(process, log, timeout=120) == 0, log.read_text()[-3000:]
+    printed = fit_until_sigterm(args, tmp_path, batches=2)
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert 2 <= checkpoint["global_step"] < 100  # ModelCheckpoint alone saves nothing before step 100
-    assert "SIGTERM: saved" in log.read_text()
+    assert "SIGTERM: saved" in printed

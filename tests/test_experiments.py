@@ -21,6 +21,7 @@ from diffusers import PNDMScheduler
 from conftest import tiny_unet
 from test_data import decompression_bomb_png
 from yonos import chain
+from yonos.base import write_model_index
 from yonos.callbacks import PreemptionCheckpoint, TrainableEMA
 from yonos.cli import run
 from yonos.models import LatentCodec
@@ -49,14 +50,7 @@ def sd_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
         num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
         prediction_type="epsilon", set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1,
     ).save_pretrained(root / "scheduler")
-    index = {
-        "_class_name": "StableDiffusionPipeline",
-        "_diffusers_version": "0.8.0",
-        "scheduler": ["diffusers", "PNDMScheduler"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-    }
-    (root / "model_index.json").write_text(json.dumps(index, indent=2))
+    write_model_index(root, "PNDMScheduler")
     return root
 
 
@@ -188,6 +182,7 @@ def _loaded_weights(result: dict, sd: Path) -> dict[str, torch.Tensor]:
     return {**{f"{target}{k}": v for k, v in _sub(source, prefix).items()}, **{k: v for k, v in source.items() if k.startswith("codec.")}}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", EXPERIMENTS, ids=_name)
 def test_every_experiment_fits_validates_and_keeps_frozen_weights(config: Path, fitted: Fitted, sd_layout: Path):
     result = fitted.fit(config)
@@ -220,6 +215,7 @@ def test_every_experiment_fits_validates_and_keeps_frozen_weights(config: Path, 
     assert "val/psnr" in metrics and torch.isfinite(metrics["val/psnr"])
 
 
+@pytest.mark.slow
 def test_the_chain_hands_on_the_end_of_training_with_per_stage_overrides(tmp_path: Path, sd_layout: Path, hostile_data, lpips_weights):
     """``yonos chain`` on the real yamls, each stage in a fresh process (teacher -> decoder stage here; the
     teacher -> student hand-off is the same code, tested in process in test_distill). The backbone override goes to

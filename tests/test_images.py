@@ -1,16 +1,22 @@
-"""Tests of yonos.images: reading every input kind as 8-bit RGB, listing folders, atomic writes."""
+"""Tests of yonos.images and yonos.png_stream: reading every input kind, listing folders, atomic writes, PNGs from
+other writers and the band writer read back by other decoders."""
 
 from __future__ import annotations
 
+import io
 import os
+import struct
+import zlib
 from pathlib import Path
 
+import imagecodecs
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from yonos.images import list_images, read_rgb, save_image_atomic
+from yonos.images import list_images, read_image, read_rgb, save_image_atomic
+from yonos.png_stream import PngRowWriter
 
 EXIF_ORIENTATION = 0x0112
 
@@ -283,3 +289,108 @@ def test_save_image_atomic_gives_usual_permissions(tmp_path: Path, umask: int) -
     assert expected != 0o600
     assert written.stat().st_mode & 0o777 == expected
     assert overwritten.stat().st_mode & 0o777 == expected
+
+
+# 16-bit PNGs from other writers, and the band writer read back by independent decoders.
+
+
+def _png_bytes(header: bytes, raw_rows: bytes) -> bytes:
+    """A PNG file around an IHDR body and the filtered scanlines (each prefixed with its filter type)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw_rows)) + chunk(b"IEND", b"")
+
+
+def _filtered(rows: np.ndarray, pixel_bytes: int, kinds: list[int]) -> bytes:
+    """PNG scanline filtering of (H, row bytes) uint8 rows; row y uses filter ``kinds[y]`` (0 None ... 4 Paeth)."""
+    raw = rows.astype(np.int64)
+    out = []
+    for y, kind in enumerate(kinds):
+        up = raw[y - 1] if y > 0 else np.zeros_like(raw[y])
+        left = np.concatenate([np.zeros(pixel_bytes, np.int64), raw[y, :-pixel_bytes]])
+        up_left = np.concatenate([np.zeros(pixel_bytes, np.int64), up[:-pixel_bytes]])
+        estimate = left + up - up_left
+        to_left, to_up, to_up_left = abs(estimate - left), abs(estimate - up), abs(estimate - up_left)
+        paeth = np.where((to_left <= to_up) & (to_left <= to_up_left), left, np.where(to_up <= to_up_left, up, up_left))
+        predictor = [np.zeros_like(up), left, up, (left + up) // 2, paeth][kind]
+        out.append(np.concatenate([[kind], (raw[y] - predictor) % 256]).astype(np.uint8).tobytes())
+    return b"".join(out)
+
+
+@pytest.mark.parametrize("kinds", ["paeth", "every filter"])
+def test_read_image_decodes_filtered_16bit_rgb_png(tmp_path: Path, kinds: str) -> None:
+    samples = (np.random.default_rng(4).integers(0, 65536, (12, 10, 3))).astype(np.uint16)
+    samples[:6] = np.arange(10, dtype=np.uint16)[None, :, None] * 6000  # a smooth half: predictors matter there
+    rows = samples.astype(">u2").view(np.uint8).reshape(12, -1)
+    filters = [4] * 12 if kinds == "paeth" else [y % 5 for y in range(12)]
+    header = struct.pack(">IIBBBBB", 10, 12, 16, 2, 0, 0, 0)
+    (tmp_path / "paeth.png").write_bytes(_png_bytes(header, _filtered(rows, 6, filters)))
+
+    image = read_image(tmp_path / "paeth.png")
+
+    assert image.bit_depth == 16 and not image.gray and image.alpha is None
+    expected = torch.from_numpy(samples.astype(np.float32) / 65535.0).permute(2, 0, 1)
+    torch.testing.assert_close(image.rgb, expected, rtol=0, atol=0)
+
+
+def test_read_image_reads_libpng_16bit_rgba_from_a_path_or_a_file_object(tmp_path: Path) -> None:
+    samples = (np.random.default_rng(5).integers(0, 65536, (9, 14, 4))).astype(np.uint16)
+    data = imagecodecs.png_encode(samples)  # libpng, adaptive filters
+    (tmp_path / "rgba16.png").write_bytes(data)
+
+    for image in (read_image(tmp_path / "rgba16.png"), read_image(io.BytesIO(data))):
+        assert image.bit_depth == 16 and image.alpha is not None
+        planes = torch.cat([image.rgb, image.alpha]).permute(1, 2, 0).numpy()
+        np.testing.assert_array_equal(np.round(planes * 65535).astype(np.uint16), samples)
+    eight_bit = read_rgb(tmp_path / "rgba16.png")  # rounded to the nearest 8-bit level, alpha dropped
+    expected = torch.from_numpy(np.round(samples[..., :3] / 257.0).astype(np.float32) / 255.0).permute(2, 0, 1)
+    torch.testing.assert_close(eight_bit, expected, rtol=0, atol=0)
+
+
+def test_read_image_names_a_corrupt_16bit_png(tmp_path: Path) -> None:
+    data = imagecodecs.png_encode(np.zeros((8, 8, 3), np.uint16))
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+
+    with pytest.raises(OSError, match="cut.png"):
+        read_image(tmp_path / "cut.png")
+
+
+def test_read_image_refuses_a_16bit_decompression_bomb(tmp_path: Path) -> None:
+    header = struct.pack(">IIBBBBB", 100_000, 100_000, 16, 2, 0, 0, 0)  # 10^10 pixels claimed
+    (tmp_path / "bomb16.png").write_bytes(_png_bytes(header, b"\x00" * 64))
+
+    with pytest.raises(Image.DecompressionBombError):
+        read_image(tmp_path / "bomb16.png")
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+@pytest.mark.parametrize("bit_depth", [8, 16])
+def test_png_row_writer_is_read_back_by_libpng_and_pillow(tmp_path: Path, channels: int, bit_depth: int) -> None:
+    dtype = np.uint8 if bit_depth == 8 else np.uint16
+    samples = np.random.default_rng(channels).integers(0, 2**bit_depth, (11, 7, channels)).astype(dtype)
+    with PngRowWriter(tmp_path / "out.png", 11, 7, channels, bit_depth) as png:
+        for top in range(0, 11, 4):  # bands of 4, 4 and 3 rows
+            png.write(samples[top : top + 4])
+        png.close({"yonos:scale": "4", "note": "ünïcode"})
+
+    decoded = imagecodecs.png_decode((tmp_path / "out.png").read_bytes())
+    np.testing.assert_array_equal(decoded.reshape(samples.shape), samples)
+    with Image.open(tmp_path / "out.png") as image:
+        assert image.size == (7, 11) and image.text == {"yonos:scale": "4", "note": "ünïcode"}
+        if bit_depth == 8:
+            np.testing.assert_array_equal(np.asarray(image).reshape(samples.shape), samples)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
+
+
+def test_save_image_atomic_writes_16bit_with_text(tmp_path: Path) -> None:
+    image = torch.rand(3, 10, 12, generator=torch.Generator().manual_seed(1))
+
+    written = save_image_atomic(image, tmp_path / "out16.png", bit_depth=16, metadata={"yonos:seed": "7"})
+
+    read_back = read_image(written)
+    assert read_back.bit_depth == 16
+    torch.testing.assert_close(read_back.rgb, image, rtol=0, atol=0.5 / 65535 + 1e-7)
+    with Image.open(written) as opened:
+        assert opened.text == {"yonos:seed": "7"}

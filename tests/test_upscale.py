@@ -6,6 +6,7 @@ import os
 import signal
 from pathlib import Path
 
+import imagecodecs
 import numpy as np
 import pytest
 import torch
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from yonos import export, upscale
-from yonos.images import decode_png, encode_png, read_image
+from yonos.images import read_image, save_image_atomic
 from yonos.models import LatentCodec
 from yonos.pipeline import YonosSRPipeline
 from yonos.png_stream import PngRowWriter
@@ -99,7 +100,7 @@ def mixed_folder(tmp_path: Path) -> Path:
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(64))
     rgba = np.concatenate([rgb8(16, 16), np.linspace(0, 255, 16 * 16).reshape(16, 16, 1).astype(np.uint8)], axis=2)
     Image.fromarray(rgba, mode="RGBA").save(folder / "rgba.png")
-    (folder / "rgb16.png").write_bytes(encode_png((rgb8(16, 16, 1).astype(np.uint16) * 257), {}))
+    save_image_atomic(torch.from_numpy(rgb8(16, 16, 1)).permute(2, 0, 1) / 255.0, folder / "rgb16.png", bit_depth=16)
     Image.fromarray(np.linspace(0, 65535, 16 * 20).astype(np.uint16).reshape(16, 20)).save(folder / "gray16.png")
     Image.fromarray(rgb8(20, 16, 2)[..., 0], mode="L").save(folder / "gray.png")
     Image.fromarray(rgb8(16, 16, 3)).save(folder / "sub" / "photo.jpg", quality=95)
@@ -126,7 +127,7 @@ def test_upscale_folder_keeps_alpha_depth_and_gray_and_reports_the_corrupt_file(
         expected = F.interpolate(source_alpha[None, None] / 255, size=(32, 32), mode="bicubic").clamp(0, 1)[0, 0]
         alpha = torch.from_numpy(np.asarray(image)[..., 3].astype(np.float32)) / 255
         torch.testing.assert_close(alpha, expected, rtol=0, atol=0.5 / 255 + 1e-6)
-    rgb16 = decode_png((out / "rgb16.png").read_bytes())
+    rgb16 = imagecodecs.png_decode((out / "rgb16.png").read_bytes())
     assert rgb16.dtype == np.uint16 and rgb16.shape == (32, 32, 3)
     assert read_image(out / "rgb16.png").bit_depth == 16
     with Image.open(out / "gray16.png") as image:

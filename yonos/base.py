@@ -35,6 +35,13 @@ MODEL_INDEX = {
 }
 
 
+def write_model_index(folder: Path, scheduler: str = "DDIMScheduler") -> None:
+    """``folder/model_index.json`` of a Stable-Diffusion-layout folder holding ``unet/``, ``vae/`` and a diffusers
+    ``scheduler`` class's ``scheduler/`` (no text encoder, tokenizer or safety checker)."""
+    index = {**MODEL_INDEX, "scheduler": ["diffusers", scheduler], "_diffusers_version": diffusers.__version__}
+    (Path(folder) / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
 def load_codec_checkpoint(path: str | Path) -> LatentCodec:
     """The trained codec of a CodecModule checkpoint (its EMA weights when the run used EMA), with the VAE's
     ``scaling_factor`` set to 1 / std of the training latents."""
@@ -84,8 +91,7 @@ def write_base(codec_ckpt: str | Path, out: str | Path, seed: int = 0, overwrite
         codec.vae.save_pretrained(staging / "vae")
         unet.save_pretrained(staging / "unet")
         scheduler.save_pretrained(staging / "scheduler")
-        index = {**MODEL_INDEX, "_diffusers_version": diffusers.__version__}
-        (staging / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+        write_model_index(staging)
         _move_into_place(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -278,7 +278,8 @@ class SRDataModule(pl.LightningDataModule):
             realesrgan: overrides of the preset, keys as in ``RealESRGANConfig`` (e.g. ``{stage1: {blur_sigma:
                 [0.2, 2.0]}, use_usm: false}``).
             shared_degradation: with several scales, make all LR images from the SAME draw (kernels, noise, JPEG),
-                differing only in the final resize (README: "Method in one screen"); false draws each scale independently.
+                differing only in the final resize (docs/method.md, "Stage 2: scale distillation"); false draws each
+                scale independently.
             batch_size: per-device training batch size.
             val_batch_size: per-device validation batch size (default: batch_size).
             seed: base seed; training rank r draws from seed + r, validation sample i from (seed, i).

@@ -17,7 +17,7 @@ import torch
 from diffusers import AutoencoderKL
 from torch import Tensor, nn
 
-from yonos.images import to_rgb8
+from yonos.images import decode_pil, rgb8
 from yonos.models import LatentCodec, weight_dtype
 
 ImageInput = PIL.Image.Image | np.ndarray | Tensor | list[PIL.Image.Image | np.ndarray | Tensor]
@@ -46,7 +46,7 @@ def _one_item(item: Any, index: int) -> Tensor:
     """One input item as (B, 3, h, w) float32 in [0, 1] on the CPU or its own device."""
     what = f"image {index}"
     if isinstance(item, PIL.Image.Image):
-        return torch.from_numpy(to_rgb8(item).copy()).permute(2, 0, 1).float().div_(255.0)[None]
+        return rgb8(decode_pil(item))[None]
     if isinstance(item, np.ndarray):
         array = item[..., None] if item.ndim == 2 else item
         if array.ndim not in (3, 4) or array.shape[-1] not in (1, 3):

@@ -2,7 +2,9 @@
 all (a temporary beside the target, renamed into place by :meth:`PngRowWriter.close`; :meth:`abort` deletes it).
 
 Rows are stored with PNG's "Up" filter (each byte minus the byte above; one numpy subtraction per band), which
-compresses photos far better than no filter, and zlib level 6 as Pillow's default.
+compresses photos far better than no filter, and zlib level 6 as Pillow's default. The PNG libraries at hand write
+whole arrays only (imagecodecs, OpenCV) or without filters and text chunks (pypng), hence these few lines; every
+reader decodes the result (the tests read it back with imagecodecs and Pillow).
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from types import TracebackType
 
 import numpy as np
 
-from yonos.images import _PNG_COLOUR_TYPE, PNG_SIGNATURE, _png_chunk, _png_text_chunk, _umask
-
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_COLOUR_TYPE = {1: 0, 3: 2, 2: 4, 4: 6}  # samples per pixel -> PNG colour type (gray, RGB, gray + alpha, RGBA)
 UP_FILTER = 2
 
 
@@ -63,7 +65,7 @@ class PngRowWriter:
             self._file.write(_png_text_chunk(key, value))
         self._file.write(_png_chunk(b"IEND", b""))
         self._file.close()
-        os.chmod(self._temporary, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
+        usual_permissions(self._temporary)
         os.replace(self._temporary, self.path)
         return self.path
 
@@ -83,3 +85,22 @@ class PngRowWriter:
     def __exit__(self, kind: type | None, error: BaseException | None, trace: TracebackType | None) -> None:
         if kind is not None or not self._file.closed:
             self.abort()
+
+
+def usual_permissions(path: Path) -> None:
+    """Give a file made by ``tempfile.mkstemp`` (mode 0600) the mode an ordinary ``open`` would have given it."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
+def _png_text_chunk(key: str, value: str) -> bytes:
+    """tEXt when the value is Latin-1, else iTXt (UTF-8), as Pillow does."""
+    try:
+        return _png_chunk(b"tEXt", key.encode("latin-1") + b"\0" + value.encode("latin-1"))
+    except UnicodeEncodeError:
+        return _png_chunk(b"iTXt", key.encode("latin-1") + b"\0\0\0\0\0" + value.encode("utf-8"))
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)

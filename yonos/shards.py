@@ -24,10 +24,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
-from yonos.images import IMAGE_EXTENSIONS, list_images, to_rgb8
+from yonos.images import IMAGE_EXTENSIONS, list_images, read_rgb
 
 REMOTE_SCHEMES = ("s3://", "gs://")
 INSTALL_HINT = 'the LitData engine is not installed: pip install "yonos[cluster]" (litdata, boto3)'
@@ -228,9 +227,7 @@ class StreamingHRDataset(StreamingDataset):
     def __getitem__(self, index: Any) -> dict[str, Any]:
         sample = super().__getitem__(index)
         position = int(getattr(index, "index", index))
-        with Image.open(io.BytesIO(sample["image"])) as image:
-            array = to_rgb8(image)
-        image = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)  # (3, H, W)
+        image = read_rgb(io.BytesIO(sample["image"]))  # (3, H, W)
         hr = self.crop(image, generator=crop_generator(self.crop_seed, self.current_epoch, position))
         return {"hr": hr, "index": torch.tensor(position), "name": sample["name"]}
 

@@ -25,15 +25,21 @@ def bicubic_downsample(hr: Tensor, scale: int) -> Tensor:
         hr: (B, C, H, W) in [0, 1]; H and W must be multiples of ``scale``.
         scale: integer downsampling factor.
     """
+    check_downscale(hr, scale)
+    if scale == 1:
+        return hr.clamp(0, 1)
+    height, width = hr.shape[-2:]
+    lr = F.interpolate(hr, size=(height // scale, width // scale), mode="bicubic", antialias=True, align_corners=False)
+    return quantize_8bit(lr)
+
+
+def check_downscale(hr: Tensor, scale: int) -> None:
+    """Refuse a non-positive ``scale`` or an HR size that is not a multiple of it (both bicubic LR kinds)."""
     if scale < 1:
         raise ValueError(f"scale must be a positive integer, got {scale}")
     height, width = hr.shape[-2:]
     if height % scale or width % scale:
         raise ValueError(f"HR size {height}x{width} is not a multiple of scale {scale}")
-    if scale == 1:
-        return hr.clamp(0, 1)
-    lr = F.interpolate(hr, size=(height // scale, width // scale), mode="bicubic", antialias=True, align_corners=False)
-    return quantize_8bit(lr)
 
 
 def upsample_to(lr: Tensor, size: tuple[int, int]) -> Tensor:

@@ -14,6 +14,8 @@ import math
 import torch
 from torch import Tensor
 
+from yonos.degradations.bicubic import check_downscale
+
 KERNEL_WIDTH = 4.0  # support of the cubic kernel, in input pixels at scale 1
 
 
@@ -78,14 +80,8 @@ def bicubic_matlab_downsample(hr: Tensor, scale: int) -> Tensor:
     Args:
         hr: (B, C, H, W) in [0, 1]; H and W must be multiples of ``scale``.
     """
-    if scale < 1:
-        raise ValueError(f"scale must be a positive integer, got {scale}")
-    height, width = hr.shape[-2:]
-    if height % scale or width % scale:
-        raise ValueError(f"HR size {height}x{width} is not a multiple of scale {scale}")
-    if scale == 1:
-        return hr.clamp(0, 1)
-    return imresize(hr, 1 / scale)
+    check_downscale(hr, scale)
+    return hr.clamp(0, 1) if scale == 1 else imresize(hr, 1 / scale)
 
 
 def bicubic_matlab_upsample(lr: Tensor, scale: int) -> Tensor:

@@ -109,10 +109,8 @@ def load_pipeline_model(path: Path, label: str, device: torch.device, color_fix:
     def upscale(lr: Tensor, scale: int, seed: int, num_steps: int) -> Tensor:
         generator = torch.Generator().manual_seed(seed)  # a CPU generator: the same noise on any device
         out = pipe(lr, scale, num_inference_steps=num_steps, generator=generator, color_fix=color_fix, output_type="pt")
-        info.update(getattr(out, "metadata", {}) or {})  # tiling and precision, for the summary
-        images = getattr(out, "images", out)
-        images = images if isinstance(images, Tensor) else torch.stack(list(images))
-        return images if images.ndim == 4 else images[None]
+        info.update(out.metadata)  # tiling and precision, for the summary
+        return out.images  # (B, 3, H, W): the images of one batch have one size
 
     return SRModel(label, path, "pipeline", _pipeline_scale(pipe), upscale, device, info)
 

@@ -1,6 +1,7 @@
-"""Stage 3: decoder fine-tuning (README: "Method in one screen"). The distilled UNet and the VAE encoder are frozen; the
-one-step sampler produces the latent of each HR crop (fresh noise every step) and the VAE decoder learns to map
-that latent to the HR image with L1 + LPIPS and an optional PatchGAN hinge loss (the SD VAE recipe).
+"""Stage 3: decoder fine-tuning (docs/method.md, "Stage 3: decoder fine-tuning"). The distilled UNet and the VAE
+encoder are frozen; the one-step sampler produces the latent of each HR crop (fresh noise every step) and the VAE
+decoder learns to map that latent to the HR image with L1 + LPIPS and an optional PatchGAN hinge loss (the SD VAE
+recipe).
 
 The training LPIPS uses VGG (as the SD VAE recipe does) and validation reports AlexNet LPIPS (the field's
 convention), so the validation number is not the objective the decoder descends.

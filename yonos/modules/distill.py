@@ -1,5 +1,5 @@
-"""Stage 2: scale distillation (README: "Method in one screen"). A student at scale N learns the frozen teacher's x0
-prediction for the same noisy latent, the teacher seeing the LR at scale N / k (the paper: N / 2).
+"""Stage 2: scale distillation (docs/method.md, "Stage 2: scale distillation"). A student at scale N learns the
+frozen teacher's x0 prediction for the same noisy latent, the teacher seeing the LR at scale N / k (the paper: N / 2).
 
 The teacher is a TeacherModule or an earlier ScaleDistillModule checkpoint; the student starts as its copy.
 """

@@ -1,4 +1,5 @@
-"""Stage 1: the teacher, an SR denoiser trained at one scale against the ground truth (README: "Method in one screen").
+"""Stage 1: the teacher, an SR denoiser trained at one scale against the ground truth (docs/method.md,
+"Stage 1: the x2 teacher").
 
 Trained at the target scale directly, the same module is the paper's "direct" baseline. The VAE is frozen;
 degradations come from the DataModule; EMA of the UNet comes from the ``yonos.callbacks.TrainableEMA`` callback (yaml).

@@ -1,9 +1,15 @@
-"""Super-resolving a batch with a denoiser and a codec: the shared sampling path of validation and prediction.
+"""The sampling path of validation, ``yonos evaluate``, the decoder stage and YonosSRPipeline: LR pixels -> SR pixels.
 
-Tiling, colour fix and file handling belong to the pipeline; this file only turns LR pixels into SR pixels.
+:func:`super_resolve` is the one SR function: encode the condition, draw (or take) the starting latent, run
+yonos.diffusion.ddim_sample, decode. Callers differ only in the callables they hand it: whole images
+(:func:`untiled_calls`, the training modules and ``yonos evaluate``), tile rows and latent tiles (the pipeline), or
+latents only (the decoder stage). One noise helper (:func:`randn`) and one padding rule (:func:`size_multiple`,
+:func:`pad_to_multiple`) serve all of them. Tiling, colour fix and file handling belong to the pipeline.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -14,11 +20,40 @@ from yonos.degradations import upsample_to
 from yonos.diffusion import ddim_sample
 from yonos.models import LatentCodec, SRDenoiser
 
+Generators = torch.Generator | list[torch.Generator] | None
 
-def per_sample_noise(shape: tuple[int, ...], seeds: list[int], device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
-    """Starting noise (B, C, h, w) whose sample i depends on ``seeds[i]`` only (independent of batch size)."""
-    generators = [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
-    return torch.cat([torch.randn((1, *shape[1:]), generator=g, device=device, dtype=dtype) for g in generators])
+Encode = Callable[[Tensor, int], Tensor]
+"""(LR batch (B, 3, h, w) in [0, 1], scale) -> the condition latents z_lr (B, C, h', w')."""
+Denoise = Callable[[Tensor, Tensor, Tensor], Tensor]
+"""(z_t, z_lr, t) -> the network's raw output, shaped like z_t."""
+Decode = Callable[[Tensor, tuple[int, int]], Tensor]
+"""(z_0, output size (H, W)) -> what :func:`super_resolve` returns (SR images cropped to H x W, for instance)."""
+Noise = Tensor | Callable[[Tensor], Tensor]
+"""The starting latent z_T, or how to draw it for the condition latents it must match (given z_lr)."""
+SRStepCallback = Callable[[int, Tensor, Tensor, Tensor], Tensor]
+"""``callback(step, timestep, z_t, z_lr)`` after each DDIM step; returns the z_t to continue from."""
+
+
+def randn(
+    shape: tuple[int, ...], generator: Generators, device: torch.device | str, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """THE noise helper: standard normal noise of ``shape`` drawn on the generator's device, then moved to ``device``
+    (a CPU generator gives the same noise on any device). With a list of generators, sample i is
+    ``randn((1, ...), generator=generator[i])``: its noise does not depend on the batch it is drawn in."""
+    if isinstance(generator, list):
+        if len(generator) != shape[0]:
+            raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}")
+        draws = [torch.randn((1, *shape[1:]), generator=g, device=g.device, dtype=dtype) for g in generator]
+        return torch.cat(draws).to(device)
+    source = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=source, dtype=dtype).to(device)
+
+
+def seeded_noise(
+    shape: tuple[int, ...], seeds: list[int], device: torch.device | str, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """:func:`randn` with sample i drawn from a generator on ``device`` seeded ``seeds[i]`` (independent of batch size)."""
+    return randn(shape, [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds], device, dtype)
 
 
 def size_multiple(unet: nn.Module, codec: LatentCodec) -> int:
@@ -68,35 +103,55 @@ def upsampled_rows(lr: Tensor, scale: int, top: int, bottom: int, padded: tuple[
 
 @torch.no_grad()
 def super_resolve(
+    lr: Tensor,
+    scale: int,
+    encode: Encode,
+    denoise: Denoise,
+    decode: Decode | None,
+    scheduler: DDIMScheduler,
+    noise: Noise,
+    num_steps: int = 1,
+    callback: SRStepCallback | None = None,
+    progress: Callable[[Iterable[Tensor]], Iterable[Tensor]] | None = None,
+) -> Tensor:
+    """THE SR function: z_lr = encode(lr, scale), z_0 = DDIM from ``noise`` with ``num_steps`` steps (1 = YONOS-SR),
+    then ``decode(z_0, (h * scale, w * scale))``, or z_0 itself when ``decode`` is None."""
+    z_lr = encode(lr, scale)
+    z_T = noise(z_lr) if callable(noise) else noise
+    if tuple(z_T.shape) != tuple(z_lr.shape):
+        raise ValueError(f"noise shape {tuple(z_T.shape)} != latent shape {tuple(z_lr.shape)}")
+    step_callback = None if callback is None else lambda step, timestep, z_t: callback(step, timestep, z_t, z_lr)
+    z_0 = ddim_sample(lambda z_t, t: denoise(z_t, z_lr, t), scheduler, z_T, num_steps, step_callback, progress)
+    size = (lr.shape[-2] * scale, lr.shape[-1] * scale)
+    return z_0 if decode is None else decode(z_0, size)
+
+
+def untiled_calls(denoiser: SRDenoiser, codec: LatentCodec) -> tuple[Encode, Denoise, Decode]:
+    """The callables of :func:`super_resolve` on whole images: the bicubic-upsampled LR padded to
+    :func:`size_multiple` by :func:`pad_to_multiple` and encoded, the denoiser as is, the decoded output cropped back."""
+    multiple = size_multiple(denoiser.unet, codec)
+
+    def encode(lr: Tensor, scale: int) -> Tensor:
+        size = (lr.shape[-2] * scale, lr.shape[-1] * scale)
+        return codec.encode(pad_to_multiple(upsample_to(lr, size), multiple))  # (B, 4, H'/8, W'/8)
+
+    def decode(z_0: Tensor, size: tuple[int, int]) -> Tensor:
+        return codec.decode(z_0)[..., : size[0], : size[1]]
+
+    return encode, denoiser, decode
+
+
+def sample_with_noise(
     denoiser: SRDenoiser,
     codec: LatentCodec,
     scheduler: DDIMScheduler,
     lr: Tensor,
     scale: int,
+    noise: Noise,
     num_steps: int = 1,
-    generator: torch.Generator | None = None,
-    noise: Tensor | None = None,
 ) -> Tensor:
-    """LR (B, 3, h, w) in [0, 1] -> SR (B, 3, h*scale, w*scale) in [0, 1] with ``num_steps`` DDIM steps.
-
-    The condition is padded to :func:`size_multiple` by :func:`pad_to_multiple` and the output cropped back.
-    """
-    height, width = lr.shape[-2] * scale, lr.shape[-1] * scale
-    condition = pad_to_multiple(upsample_to(lr, (height, width)), size_multiple(denoiser.unet, codec))
-    z_lr = codec.encode(condition)  # (B, 4, H'/8, W'/8)
-    if noise is not None and noise.shape != z_lr.shape:
-        raise ValueError(f"noise shape {tuple(noise.shape)} != latent shape {tuple(z_lr.shape)}")
-    z_0 = ddim_sample(
-        lambda z_t, t: denoiser(z_t, z_lr, t),
-        scheduler,
-        tuple(z_lr.shape),
-        num_steps=num_steps,
-        generator=generator,
-        device=z_lr.device,
-        dtype=z_lr.dtype,
-        noise=noise,
-    )
-    return codec.decode(z_0)[..., :height, :width]
+    """LR (B, 3, h, w) in [0, 1] -> SR (B, 3, h*scale, w*scale) in [0, 1]: :func:`super_resolve` on whole images."""
+    return super_resolve(lr, scale, *untiled_calls(denoiser, codec), scheduler, noise, num_steps)
 
 
 def sample_with_seeds(
@@ -108,9 +163,6 @@ def sample_with_seeds(
     seeds: list[int],
     num_steps: int = 1,
 ) -> Tensor:
-    """:func:`super_resolve` with the starting noise of sample i drawn from ``seeds[i]`` only."""
-    factor = codec.downsample_factor
-    padded = padded_size(lr.shape[-2] * scale, lr.shape[-1] * scale, size_multiple(denoiser.unet, codec))
-    latent_shape = (lr.shape[0], 4, padded[0] // factor, padded[1] // factor)
-    noise = per_sample_noise(latent_shape, seeds, lr.device)
-    return super_resolve(denoiser, codec, scheduler, lr, scale, num_steps, noise=noise)
+    """:func:`sample_with_noise` with the starting noise of sample i drawn from ``seeds[i]`` only."""
+    noise = lambda z_lr: seeded_noise(tuple(z_lr.shape), seeds, lr.device)  # noqa: E731
+    return sample_with_noise(denoiser, codec, scheduler, lr, scale, noise, num_steps)

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from yonos.colorfix import COLOR_FIX_MODES
 from yonos.images import IMAGE_EXTENSIONS, DecodedImage, read_image
-from yonos.inference import upsampled_rows
+from yonos.sampling import upsampled_rows
 from yonos.pipeline import DEFAULT_TILE_OVERLAP, DEFAULT_TILE_SIZE, YonosSRPipeline
 from yonos.png_stream import PngRowWriter
 

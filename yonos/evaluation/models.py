@@ -19,7 +19,7 @@ from yonos.colorfix import apply_color_fix
 from yonos.degradations import bicubic_matlab_upsample, upsample_to
 from yonos.diffusion import make_scheduler
 from yonos.images import IMAGE_EXTENSIONS
-from yonos.inference import sample_with_seeds
+from yonos.sampling import sample_with_seeds
 from yonos.models import scheduler_source
 
 ColorFix = Literal["none", "adain", "wavelet"]

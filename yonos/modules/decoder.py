@@ -19,8 +19,7 @@ from torch import Tensor, nn
 
 from yonos.data import SRBatch, lr_key, validation_seed
 from yonos.degradations import upsample_to
-from yonos.diffusion import ddim_sample, make_scheduler
-from yonos.inference import per_sample_noise
+from yonos.diffusion import make_scheduler
 from yonos.losses import adaptive_gan_weight, hinge_discriminator_loss, hinge_generator_loss
 from yonos.metrics import LPIPSNet, build_lpips, lpips_distance
 from yonos.models import PatchDiscriminator, scheduler_source
@@ -38,6 +37,7 @@ from yonos.modules.common import (
 )
 from yonos.modules.evaluation import LPIPSChoice, SRMetrics, log_image_grid
 from yonos.modules.teacher import check_scales_available
+from yonos.sampling import Noise, randn, seeded_noise, super_resolve
 
 
 class DecoderFinetuneModule(pl.LightningModule):
@@ -138,15 +138,16 @@ class DecoderFinetuneModule(pl.LightningModule):
 
     # The latents the one-step sampler really produces.
 
-    @torch.no_grad()
-    def sample_latents(self, lr: Tensor, size: tuple[int, int], noise: Tensor | None = None) -> Tensor:
-        """z_0 from the frozen denoiser for LR images upsampled to ``size``, (B, 4, H/8, W/8)."""
-        z_lr = encode_fp32(self.codec, upsample_to(lr, size))
-        generator = None if noise is not None else self.stream.generator(self.device, self.global_rank)
-        return ddim_sample(
-            lambda z_t, t: self.denoiser(z_t, z_lr, t), self.scheduler, tuple(z_lr.shape), self.hparams.num_steps,
-            generator=generator, device=z_lr.device, dtype=z_lr.dtype, noise=noise,
-        )
+    def sample_latents(self, lr: Tensor, size: tuple[int, int], noise: Noise | None = None) -> Tensor:
+        """z_0 from the frozen denoiser for LR images upsampled to ``size`` (B, C, H/f, W/f): yonos.sampling's
+        super_resolve without padding or decoding; the noise comes from the training stream unless given."""
+        def encode(lr: Tensor, scale: int) -> Tensor:
+            return encode_fp32(self.codec, upsample_to(lr, size))
+
+        if noise is None:
+            generator = self.stream.generator(self.device, self.global_rank)
+            noise = lambda z_lr: randn(tuple(z_lr.shape), generator, z_lr.device, z_lr.dtype)  # noqa: E731
+        return super_resolve(lr, self.scale, encode, self.denoiser, None, self.scheduler, noise, self.hparams.num_steps)
 
     def reconstruction_loss(self, sr: Tensor, hr: Tensor) -> Tensor:
         """l1_weight * |sr - hr| + lpips_weight * LPIPS(sr, hr), sr unclamped."""
@@ -211,8 +212,8 @@ class DecoderFinetuneModule(pl.LightningModule):
     def _evaluation_step(self, batch: SRBatch, batch_idx: int, prefix: str) -> None:
         hr, lr = batch["hr"], batch[lr_key(self.scale)]
         seeds = [validation_seed(self.hparams.seed, int(i)) for i in batch["index"]]
-        shape = (hr.shape[0], 4, hr.shape[-2] // self.codec.downsample_factor, hr.shape[-1] // self.codec.downsample_factor)
-        latent = self.sample_latents(lr, tuple(hr.shape[-2:]), noise=per_sample_noise(shape, seeds, hr.device))
+        noise = lambda z_lr: seeded_noise(tuple(z_lr.shape), seeds, hr.device)  # noqa: E731 - the codec's latent shape
+        latent = self.sample_latents(lr, tuple(hr.shape[-2:]), noise=noise)
         with torch.no_grad():
             sr, sr_original = self.codec.decode(latent), self.original_codec.decode(latent)
         self.val_metrics.update(sr, hr, batch.get("valid"))

@@ -17,7 +17,7 @@ from torch import Tensor
 from yonos.data import SRBatch, lr_key
 from yonos.degradations import upsample_to
 from yonos.diffusion import LossWeighting, add_noise, make_scheduler, sample_timesteps
-from yonos.inference import sample_with_seeds
+from yonos.sampling import sample_with_seeds
 from yonos.losses import distillation_loss
 from yonos.models import scheduler_source
 from yonos.modules.common import (

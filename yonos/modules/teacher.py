@@ -25,7 +25,7 @@ from yonos.diffusion import (
     parameterisation_mismatch,
     sample_timesteps,
 )
-from yonos.inference import sample_with_seeds
+from yonos.sampling import sample_with_seeds
 from yonos.losses import denoising_loss
 from yonos.models import BackboneConfig, build_codec, build_denoiser, scheduler_source
 from yonos.modules.common import (

@@ -13,12 +13,12 @@ import torch.nn.functional as F
 from torch.testing import assert_close
 from torch.utils.data import DataLoader
 
+from yonos.checkpoints import load_stage_checkpoint
 from yonos.data import validation_seed
 from yonos.degradations import bicubic_downsample
 from yonos.losses import adaptive_gan_weight
 from yonos.metrics import MissingWeightsError, psnr_y
 from yonos.modules import DecoderFinetuneModule
-from yonos.modules.common import load_stage_checkpoint
 from yonos.sampling import seeded_noise
 
 

@@ -19,24 +19,18 @@ from torch import Tensor, nn
 
 from yonos.data import SRBatch, lr_key, validation_seed
 from yonos.degradations import upsample_to
-from yonos.diffusion import make_scheduler
 from yonos.losses import adaptive_gan_weight, hinge_discriminator_loss, hinge_generator_loss
 from yonos.metrics import LPIPSNet, build_lpips, lpips_distance
-from yonos.models import PatchDiscriminator, scheduler_source
-from yonos.modules.common import (
+from yonos.models import PatchDiscriminator
+from yonos.checkpoints import (
     MODEL_CARD_KEY,
-    TrainingStream,
-    configure_optimizer,
+    StageCheckpoint,
+    as_stage_checkpoint,
     drop_submodule_state,
-    encode_fp32,
-    load_stage_checkpoint,
-    model_card,
     restore_submodule_state,
-    shard_trainable,
-    shared,
 )
-from yonos.modules.evaluation import LPIPSChoice, SRMetrics, log_image_grid
-from yonos.modules.teacher import check_scales_available
+from yonos.modules.common import TrainingStream, check_scales_available, configure_optimizer, encode_fp32, shard_trainable, shared
+from yonos.modules.validation import LPIPSChoice, SRMetrics, log_image_grid
 from yonos.sampling import Noise, randn, seeded_noise, super_resolve
 
 
@@ -45,7 +39,7 @@ class DecoderFinetuneModule(pl.LightningModule):
 
     def __init__(
         self,
-        denoiser_ckpt: str,
+        denoiser_ckpt: str | StageCheckpoint,
         num_steps: int = 1,
         l1_weight: float = 1.0,
         lpips_weight: float = 1.0,
@@ -63,7 +57,8 @@ class DecoderFinetuneModule(pl.LightningModule):
     ) -> None:
         """
         Args:
-            denoiser_ckpt: the distilled model: a ScaleDistillModule (or TeacherModule) checkpoint.
+            denoiser_ckpt: the distilled model: a ScaleDistillModule (or TeacherModule) checkpoint, or that model
+                already loaded (a yonos.checkpoints.StageCheckpoint, whose networks the module then takes over).
             num_steps: DDIM steps of the sampler whose latents the decoder learns from (1 = YONOS-SR).
             l1_weight: weight of the pixel L1 loss.
             lpips_weight: weight of the LPIPS loss (0 disables it).
@@ -87,12 +82,11 @@ class DecoderFinetuneModule(pl.LightningModule):
             raise ValueError(f"model.num_steps must be >= 1, got {num_steps}")
         if min(l1_weight, lpips_weight, gan_weight) < 0:
             raise ValueError("model.l1_weight, model.lpips_weight and model.gan_weight must be >= 0")
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "discriminator_optimizer"])
-        source = load_stage_checkpoint(denoiser_ckpt, key="model.denoiser_ckpt")
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "discriminator_optimizer", "denoiser_ckpt"])
+        source = as_stage_checkpoint(denoiser_ckpt, key="model.denoiser_ckpt")
+        self.hparams["denoiser_ckpt"] = None if source.path is None else str(source.path)  # a path, never the networks
         self.scale, self.prediction_type = source.scale, source.prediction_type
-        self.model_card = model_card(
-            source.backbone, source.scale, source.prediction_type, source.rescale_betas_zero_snr, source.loss_weighting
-        )
+        self.model_card = source.card()
         self.optimizer_factory, self.lr_scheduler_factory = shared(optimizer), shared(lr_scheduler)  # see SharedFactory
         self.discriminator_optimizer_factory = shared(discriminator_optimizer)
 
@@ -104,9 +98,7 @@ class DecoderFinetuneModule(pl.LightningModule):
         self.original_codec = copy.deepcopy(source.codec).eval().requires_grad_(False)
         if gradient_checkpointing:
             self.codec.vae.enable_gradient_checkpointing()  # the encoder runs without gradients: only the decoder
-        self.scheduler = make_scheduler(
-            scheduler_source(source.backbone), source.prediction_type, source.rescale_betas_zero_snr
-        )
+        self.scheduler = source.scheduler()
         self.discriminator = PatchDiscriminator() if gan_weight > 0 else None
         self.automatic_optimization = self.discriminator is None
         self._lpips: list[nn.Module] = []  # kept out of the state dict

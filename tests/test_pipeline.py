@@ -136,20 +136,6 @@ def test_plain_diffusion_pipeline_loads_the_folder_without_remote_code(pipe: Yon
     assert torch.equal(loaded(lr, generator=seeded(4), output_type="pt").images, expected)
 
 
-def test_folders_exported_with_the_earlier_loader_file_still_load(pipe: YonosSRPipeline, tmp_path: Path):
-    pipe.save_pretrained(tmp_path)
-    index_path = tmp_path / "model_index.json"  # what the first export wrote: a loader file named in _class_name
-    index = json.loads(index_path.read_text()) | {"_class_name": ["yonos_pipeline", "YonosSRPipeline"]}
-    index_path.write_text(json.dumps(index))
-    (tmp_path / "yonos_pipeline.py").write_text("from yonos.pipeline import YonosSRPipeline  # noqa: F401\n")
-
-    loaded = YonosSRPipeline.from_pretrained(tmp_path)
-
-    lr = lr_batch()
-    expected = pipe(lr, generator=seeded(4), output_type="pt").images
-    assert torch.equal(loaded(lr, generator=seeded(4), output_type="pt").images, expected)
-
-
 # Sizes, input and output types.
 
 

@@ -153,17 +153,6 @@ class YonosSRPipeline(DiffusionPipeline):
         are decoded."""
         return getattr(self, "_interrupt", False)
 
-    @classmethod
-    def load_config(cls, *args: Any, **kwargs: Any) -> Any:
-        """diffusers' ``load_config``, reading folders exported by yonos 0.1.0 before the class registered itself
-        with diffusers: their ``_class_name`` ``["yonos_pipeline", "YonosSRPipeline"]`` pointed at a loader file that
-        diffusers runs only with ``trust_remote_code``; loading through this class needs neither."""
-        loaded = super().load_config(*args, **kwargs)
-        config = loaded[0] if isinstance(loaded, tuple) else loaded
-        if isinstance(config.get("_class_name"), (list, tuple)) and config["_class_name"][-1] == cls.__name__:
-            config["_class_name"] = cls.__name__
-        return loaded
-
     def save_pretrained(self, save_directory: str | Path, *args: Any, **kwargs: Any) -> None:
         """diffusers' ``save_pretrained`` plus a model card (``README.md``) when the folder has none, and a ``_yonos``
         entry in ``model_index.json`` saying what loading the folder needs."""

@@ -116,12 +116,12 @@ class AnyLatentCodec(LatentCodec):
         blocks = config.get("block_out_channels") or config.get("encoder_block_out_channels")
         return 2 ** (len(blocks) - 1)
 
-    def encode(self, image: Tensor, generator: torch.Generator | None = None, sample: bool = False) -> Tensor:
+    def encode(self, image: Tensor) -> Tensor:
         if isinstance(self.vae, AutoencoderKL):
-            return super().encode(image, generator=generator, sample=sample)
+            return super().encode(image)
         encoded = self.vae.encode(image.to(weight_dtype(self.vae.encoder)) * 2.0 - 1.0)
         if hasattr(encoded, "latent_dist"):
-            latent = encoded.latent_dist.sample(generator) if sample else encoded.latent_dist.mode()
+            latent = encoded.latent_dist.mode()
         else:
             latent = encoded.latents  # AutoencoderTiny: deterministic
         return latent * self.scaling_factor

@@ -53,13 +53,6 @@ class SRModel:
         return {"path": str(self.path.resolve()), "files": hashlib.sha256(repr(stats).encode()).hexdigest()[:16]}
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto``: the first CUDA device when there is one, else the CPU; otherwise the named device."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def _color_fixer(color_fix: ColorFix) -> Callable[[Tensor, Tensor], Tensor]:
     """(SR, LR) -> SR colour-corrected against the bicubic-upsampled LR, as the pipeline does (yonos.colorfix)."""
     if color_fix == "none":

@@ -19,11 +19,10 @@ from unittest import mock
 
 import torch
 
+from yonos.checkpoints import StageCheckpoint
 from yonos.degradations import bicubic_downsample
 from yonos.models import BackboneConfig, build_codec, build_denoiser
 from yonos.modules import ScaleDistillModule, TeacherModule
-from yonos.modules import distill as distill_module
-from yonos.modules.common import StageCheckpoint
 
 
 def _batch(size: int, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -83,9 +82,9 @@ def measure(preset: str, size: int, batch_size: int, reps: int, device: torch.de
         return TeacherModule(backbone=BackboneConfig(preset=preset), scale=2, lpips_net="none").to(device)
 
     def student() -> ScaleDistillModule:
-        # The distillation module normally reads its teacher from a checkpoint; here it is built in memory.
-        with mock.patch.object(distill_module, "load_stage_checkpoint", lambda *a, **k: _stage_from_memory(preset)):
-            return ScaleDistillModule(teacher_ckpt="in-memory", teacher_scale=2, student_scale=4, lpips_net="none").to(device)
+        # The teacher is built in memory (a StageCheckpoint), not read from a checkpoint file.
+        teacher = _stage_from_memory(preset)
+        return ScaleDistillModule(teacher_ckpt=teacher, teacher_scale=2, student_scale=4, lpips_net="none").to(device)
 
     with mock.patch.object(TeacherModule, "log"), mock.patch.object(ScaleDistillModule, "log"):
         if preset == "tiny":

@@ -13,13 +13,13 @@ import torch.nn.functional as F
 from torch.testing import assert_close
 from torch.utils.data import DataLoader
 
+from yonos.checkpoints import load_stage_checkpoint
 from yonos.data import validation_seed
 from yonos.degradations import bicubic_downsample
-from yonos.inference import per_sample_noise
 from yonos.losses import adaptive_gan_weight
 from yonos.metrics import MissingWeightsError, psnr_y
 from yonos.modules import DecoderFinetuneModule
-from yonos.modules.common import load_stage_checkpoint
+from yonos.sampling import seeded_noise
 
 
 def _module(teacher_ckpt: Path, **kwargs) -> DecoderFinetuneModule:
@@ -99,7 +99,7 @@ def test_validation_scores_the_same_latents_through_the_original_and_the_finetun
     # By hand: validation's first batch, its per-sample seeded noise, the one-step latents, both decoders.
     batch = _batches()[0]
     seeds = [validation_seed(module.hparams.seed, int(i)) for i in batch["index"]]
-    latent = module.sample_latents(batch["lr_x2"], (32, 32), noise=per_sample_noise((2, 4, 4, 4), seeds, torch.device("cpu")))
+    latent = module.sample_latents(batch["lr_x2"], (32, 32), noise=seeded_noise((2, 4, 4, 4), seeds, torch.device("cpu")))
     original = load_stage_checkpoint(teacher_ckpt).codec  # the decoder as the denoiser checkpoint holds it
     with torch.no_grad():
         psnr_finetuned = psnr_y(module.codec.decode(latent), batch["hr"]).mean()

@@ -11,12 +11,12 @@ import torch
 from torch.testing import assert_close
 
 from yonos import chain
+from yonos.checkpoints import load_stage_checkpoint
 from yonos.data import SRDataModule
 from yonos.degradations import bicubic_downsample, upsample_to
 from yonos.diffusion import add_noise, predict_x0, sample_timesteps, x0_loss_weight
 from yonos.models import BackboneConfig
 from yonos.modules import ScaleDistillModule, TeacherModule
-from yonos.modules.common import load_stage_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,6 +47,21 @@ def test_student_starts_as_the_teacher_and_teacher_is_frozen(teacher_ckpt: Path)
     assert not any(p.requires_grad for p in module.teacher.parameters())
     loaded = TeacherModule.load_from_checkpoint(teacher_ckpt)
     assert all(torch.equal(v, loaded.denoiser.state_dict()[k]) for k, v in teacher_state.items())
+
+
+def test_a_loaded_stage_serves_as_teacher_like_its_file(teacher_ckpt: Path):
+    """A StageCheckpoint in memory (benchmarks, notebooks) gives the module its file gives; hparams keep the path."""
+    stage = load_stage_checkpoint(teacher_ckpt)
+    from_object = ScaleDistillModule(teacher_ckpt=stage, teacher_scale=2, student_scale=4, lpips_net="none", log_images=0)
+    from_file = _student(teacher_ckpt)
+
+    assert from_object.teacher is stage.denoiser  # taken over, not copied
+    assert from_object.hparams["teacher_ckpt"] == str(teacher_ckpt)
+    assert from_object.model_card == from_file.model_card
+    assert torch.equal(from_object.scheduler.alphas_cumprod, from_file.scheduler.alphas_cumprod)
+    state = from_file.state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in from_object.state_dict().items())
+    assert all(isinstance(v, (str, int, float, bool, list, type(None))) for v in from_object.hparams.values())  # no networks
 
 
 def _spy_on_networks(module: ScaleDistillModule) -> dict[str, list]:

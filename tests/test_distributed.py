@@ -320,7 +320,7 @@ def fsdp_unavailable() -> str | None:
 @pytest.mark.slow
 @pytest.mark.skipif(fsdp_unavailable() is not None, reason=str(fsdp_unavailable()))
 def test_fsdp_shards_the_student_and_replicates_the_teacher(data: Path, teacher_ckpt: Path, tmp_path: Path) -> None:
-    from yonos.modules.common import load_stage_checkpoint
+    from yonos.checkpoints import load_stage_checkpoint
 
     probe = tmp_path / "probe"
     args = [

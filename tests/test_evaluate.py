@@ -303,15 +303,12 @@ def test_colour_fix_of_checkpoints_is_applied_and_reported(base_run, tmp_path: P
 
 
 def test_pipeline_folder_gives_the_checkpoints_images(base_run, tmp_path: Path):
-    from yonos.diffusion import make_scheduler
-    from yonos.models import scheduler_source
-    from yonos.modules.common import load_stage_checkpoint
+    from yonos.checkpoints import load_stage_checkpoint
     from yonos.pipeline import YonosSRPipeline
 
     config, from_checkpoint, _ = base_run
     stage = load_stage_checkpoint(config.models[0])
-    scheduler = make_scheduler(scheduler_source(stage.backbone), stage.prediction_type, stage.rescale_betas_zero_snr)
-    YonosSRPipeline.from_models(stage.denoiser, stage.codec, scheduler, stage.scale).save_pretrained(tmp_path / "pipe")
+    YonosSRPipeline.from_models(stage.denoiser, stage.codec, stage.scheduler(), stage.scale).save_pretrained(tmp_path / "pipe")
     from_pipeline = evaluate(_config(tmp_path / "pipe", Path(config.data), tmp_path / "p", labels=["pipe"]))
     assert from_pipeline["settings"]["scale"] == 2 and from_pipeline["settings"]["models"][0]["kind"] == "pipeline"
     for name in PHOTOS:  # same networks, same seeds, same noise: the same images up to 8-bit rounding

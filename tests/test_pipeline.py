@@ -17,7 +17,7 @@ from PIL import Image
 
 from yonos.colorfix import COLOR_FIX_MODES, adain_color_fix, apply_color_fix, wavelet_color_fix, wavelet_decompose
 from yonos.diffusion import make_scheduler
-from yonos.inference import sample_with_seeds, super_resolve
+from yonos.sampling import sample_with_noise, sample_with_seeds
 from yonos.models import LatentCodec, SRDenoiser
 from yonos.pipeline import NonFiniteOutputError, YonosSRPipeline
 from yonos.tiling import tiled_map
@@ -56,7 +56,7 @@ def saved(pipe: YonosSRPipeline, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return folder
 
 
-# Parity with the modules' sampling path (yonos.inference, used by TeacherModule.sample).
+# Parity with the modules' sampling path (yonos.sampling, used by TeacherModule.sample).
 
 
 @pytest.mark.parametrize(
@@ -79,7 +79,7 @@ def test_several_steps_equal_super_resolve_with_the_same_noise(pipe: YonosSRPipe
 
     out = pipe(lr, num_inference_steps=3, generator=seeded(7), tile_size=None, output_type="pt").images
 
-    expected = super_resolve(pipe.denoiser, pipe.codec, pipe.scheduler, lr, 2, num_steps=3, noise=noise)
+    expected = sample_with_noise(pipe.denoiser, pipe.codec, pipe.scheduler, lr, 2, noise, num_steps=3)
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
 
 
@@ -131,20 +131,6 @@ def test_plain_diffusion_pipeline_loads_the_folder_without_remote_code(pipe: Yon
     loaded = DiffusionPipeline.from_pretrained(saved)  # no trust_remote_code, no custom_pipeline
 
     assert type(loaded) is YonosSRPipeline
-    lr = lr_batch()
-    expected = pipe(lr, generator=seeded(4), output_type="pt").images
-    assert torch.equal(loaded(lr, generator=seeded(4), output_type="pt").images, expected)
-
-
-def test_folders_exported_with_the_earlier_loader_file_still_load(pipe: YonosSRPipeline, tmp_path: Path):
-    pipe.save_pretrained(tmp_path)
-    index_path = tmp_path / "model_index.json"  # what the first export wrote: a loader file named in _class_name
-    index = json.loads(index_path.read_text()) | {"_class_name": ["yonos_pipeline", "YonosSRPipeline"]}
-    index_path.write_text(json.dumps(index))
-    (tmp_path / "yonos_pipeline.py").write_text("from yonos.pipeline import YonosSRPipeline  # noqa: F401\n")
-
-    loaded = YonosSRPipeline.from_pretrained(tmp_path)
-
     lr = lr_batch()
     expected = pipe(lr, generator=seeded(4), output_type="pt").images
     assert torch.equal(loaded(lr, generator=seeded(4), output_type="pt").images, expected)

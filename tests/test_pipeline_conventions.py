@@ -25,7 +25,7 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from PIL import Image
 
 from yonos.diffusion import make_scheduler
-from yonos.inference import sample_with_seeds
+from yonos.sampling import sample_with_seeds
 from yonos.models import LatentCodec, SRDenoiser
 from yonos.pipeline import YonosSRPipeline
 

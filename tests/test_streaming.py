@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import yonos.inference
+import yonos.sampling
 from yonos.colorfix import COLOR_FIX_MODES, ColorFixRows, apply_color_fix
 from yonos.diffusion import make_scheduler
-from yonos.inference import sample_with_seeds
+from yonos.sampling import sample_with_seeds
 from yonos.models import LatentCodec, SRDenoiser
 from yonos.pipeline import YonosSRPipeline
 from yonos.tile_norm import record_stats, sample_tiles, shared_stats
@@ -89,13 +89,13 @@ def test_stream_gives_the_call_pixels_band_by_band(pipe: YonosSRPipeline):
 
 
 def test_tiled_call_never_builds_the_full_size_condition(pipe: YonosSRPipeline, monkeypatch: pytest.MonkeyPatch):
-    real, sizes = yonos.inference.upsample_to, []
+    real, sizes = yonos.sampling.upsample_to, []
 
     def recording(lr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         sizes.append(tuple(size))
         return real(lr, size)
 
-    monkeypatch.setattr(yonos.inference, "upsample_to", recording)
+    monkeypatch.setattr(yonos.sampling, "upsample_to", recording)
     pipe(lr_batch(64, 40), generator=torch.Generator().manual_seed(0), tile_size=32, tile_overlap=16,
          color_fix="wavelet", output_type="pt")
 

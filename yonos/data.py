@@ -21,9 +21,9 @@ from torch.utils.data.distributed import DistributedSampler
 
 from yonos.degradations import RealESRGANConfig
 from yonos.degradations.batch import degrade_bicubic, degrade_realesrgan
-from yonos.degradations.config import PresetName
+from yonos.degradations.config import Degradation, PresetName
 from yonos.degradations.realesrgan import realesrgan_target
-from yonos.images import list_images, read_rgb
+from yonos.images import list_images, paired_subfolders, read_rgb
 
 LATENT_FACTOR = 8  # the SD VAE's downsampling factor
 
@@ -152,7 +152,7 @@ class PairedFolderDataset(Dataset):
 
     def __init__(self, root: str | Path, scale: int, hr_size: int | None, key: str = "data.val_dir") -> None:
         root = _require_folder(str(root), key)
-        hr_name, lr_name = ("hr", "lr") if (root / "hr").is_dir() else ("gt", "lq")
+        hr_name, lr_name = paired_subfolders(root) or ("hr", "lr")
         hr_paths = {p.stem: p for p in _scan(_require_folder(str(root / hr_name), f"{key}/{hr_name}"), key)}
         lr_paths = {p.stem: p for p in _scan(_require_folder(str(root / lr_name), f"{key}/{lr_name}"), key)}
         unmatched = sorted(set(hr_paths) ^ set(lr_paths))
@@ -250,7 +250,7 @@ class SRDataModule(pl.LightningDataModule):
         hr_size: int = 512,
         val_hr_size: int | None = None,
         scales: list[int] = [2],  # noqa: B006 - jsonargparse needs a literal default for --help
-        degradation: Literal["bicubic", "bicubic_matlab", "realesrgan"] = "bicubic",
+        degradation: Degradation = "bicubic",
         preset: PresetName = "stablesr",
         realesrgan: dict[str, Any] | None = None,
         shared_degradation: bool = True,
@@ -336,7 +336,7 @@ class SRDataModule(pl.LightningDataModule):
 
     def _evaluation_set(self) -> Dataset:
         folder = _require_folder(self.val_dir, "data.val_dir")
-        if ((folder / "hr").is_dir() and (folder / "lr").is_dir()) or ((folder / "gt").is_dir() and (folder / "lq").is_dir()):
+        if paired_subfolders(folder):
             return PairedFolderDataset(folder, self.scales[-1], self.val_hr_size, key="data.val_dir")
         return HRFolderDataset(folder, self.val_hr_size, train=False, key="data.val_dir")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -193,39 +193,43 @@ def sample_timesteps(
     return t
 
 
+StepCallback = Callable[[int, Tensor, Tensor], Tensor]
+"""Called after each DDIM step as ``callback(step, timestep, z_t)``; returns the z_t to continue from."""
+
+
 @torch.no_grad()
 def ddim_sample(
     denoise: DenoiseFn,
     scheduler: DDIMScheduler,
-    shape: tuple[int, ...],
+    z_T: Tensor,
     num_steps: int = 1,
-    generator: torch.Generator | None = None,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32,
-    noise: Tensor | None = None,
+    callback: StepCallback | None = None,
+    progress: Callable[[Iterable[Tensor]], Iterable[Tensor]] | None = None,
 ) -> Tensor:
-    """Deterministic DDIM (eta = 0) from Gaussian noise at the last timestep; returns the clean latent.
+    """Deterministic DDIM (eta = 0) from the starting latent ``z_T`` (B, 4, h, w) at the last timestep; returns the
+    clean latent. The caller draws ``z_T`` (as k-diffusion's samplers take ``x``): see yonos.sampling.randn.
 
     The network output goes through :func:`predict_x0` and diffusers' DDIM update is then taken on that x0 (a copy
     of the scheduler with ``prediction_type="sample"``), so one conversion serves training and sampling. With one
     step (the YONOS-SR setting) the result is exactly the x0 prediction at t = T - 1.
 
     Args:
-        shape: latent shape (B, 4, h, w).
-        noise: the starting z_T; drawn from ``generator`` when None.
+        callback: see :data:`StepCallback` (diffusers' ``callback_on_step_end``, without the pipeline).
+        progress: wraps the iterable of timesteps (a progress bar; one that stops yielding ends sampling early).
     """
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     prediction_type = scheduler.config.prediction_type
     stepper = copy.deepcopy(scheduler)  # same schedule; a copy, not from_config (which re-parses: ms per call)
     stepper.register_to_config(prediction_type="sample")
-    stepper.set_timesteps(num_steps, device=device)
+    stepper.set_timesteps(num_steps, device=z_T.device)
     alphas_cumprod = stepper.alphas_cumprod
-    if noise is None:
-        noise = torch.randn(shape, generator=generator, device=device, dtype=dtype)
-    z_t = noise * stepper.init_noise_sigma  # (B, 4, h, w)
-    for timestep in stepper.timesteps:
-        t = torch.full((shape[0],), int(timestep), device=z_t.device, dtype=torch.long)
+    z_t = z_T * stepper.init_noise_sigma  # (B, 4, h, w)
+    timesteps = stepper.timesteps if progress is None else progress(stepper.timesteps)
+    for step, timestep in enumerate(timesteps):
+        t = torch.full((z_t.shape[0],), int(timestep), device=z_t.device, dtype=torch.long)
         x0_pred = predict_x0(denoise(z_t, t), z_t, t, alphas_cumprod, prediction_type)
         z_t = stepper.step(x0_pred, timestep, z_t, eta=0.0).prev_sample
+        if callback is not None:
+            z_t = callback(step, timestep, z_t)
     return z_t

@@ -14,8 +14,7 @@ from typing import Any
 
 import torch
 
-from yonos.diffusion import make_scheduler
-from yonos.models import scheduler_source
+from yonos.checkpoints import MODEL_CARD_KEY, load_stage_checkpoint
 from yonos.pipeline import YonosSRPipeline
 
 LOAD_HINT = "pip install yonos, then `import yonos` before diffusers' DiffusionPipeline.from_pretrained"
@@ -25,11 +24,8 @@ LOAD_HINT = "pip install yonos, then `import yonos` before diffusers' DiffusionP
 def pipeline_from_checkpoint(ckpt: str | Path) -> YonosSRPipeline:
     """The pipeline of a TeacherModule / ScaleDistillModule / DecoderFinetuneModule checkpoint, with the scheduler
     the stage trained with (its noise schedule, ``prediction_type`` and zero-terminal-SNR flag)."""
-    from yonos.modules.common import load_stage_checkpoint  # the one place outside the CLI that reads stage files
-
     stage = load_stage_checkpoint(ckpt, key="--ckpt")
-    scheduler = make_scheduler(scheduler_source(stage.backbone), stage.prediction_type, stage.rescale_betas_zero_snr)
-    return YonosSRPipeline.from_models(stage.denoiser.eval(), stage.codec.eval(), scheduler, stage.scale)
+    return YonosSRPipeline.from_models(stage.denoiser.eval(), stage.codec.eval(), stage.scheduler(), stage.scale)
 
 
 def export_pipeline(ckpt: str | Path, out: str | Path, overwrite: bool = False) -> Path:
@@ -52,8 +48,6 @@ def export_pipeline(ckpt: str | Path, out: str | Path, overwrite: bool = False) 
 
 def training_record(ckpt: str | Path) -> dict[str, Any]:
     """What the checkpoint records about its training, for the model card: stage, steps, model card entry, data."""
-    from yonos.modules.common import MODEL_CARD_KEY
-
     checkpoint = torch.load(Path(ckpt).expanduser(), map_location="cpu", weights_only=True, mmap=True)
     hyper = checkpoint.get("hyper_parameters") or {}
     data = checkpoint.get("datamodule_hyper_parameters") or hyper.get("data")

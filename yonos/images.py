@@ -51,6 +51,15 @@ def list_images(folder: Path, recursive: bool = True) -> tuple[list[Path], list[
     return images, skipped
 
 
+def paired_subfolders(root: Path) -> tuple[str, str] | None:
+    """THE paired-folder rule: the (HR, LR) subfolder names when ``root`` holds ``hr/`` + ``lr/`` or StableSR's
+    ``gt/`` + ``lq/`` (in that order of preference), else None (an HR-only folder)."""
+    for hr_name, lr_name in (("hr", "lr"), ("gt", "lq")):
+        if (root / hr_name).is_dir() and (root / lr_name).is_dir():
+            return hr_name, lr_name
+    return None
+
+
 def save_image_atomic(
     image: Tensor, path: str | Path, *, bit_depth: int = 8, metadata: dict[str, str] | None = None
 ) -> Path:

@@ -206,6 +206,16 @@ def weight_dtype(module: nn.Module) -> torch.dtype:
     return next(module.parameters()).dtype
 
 
+def resolve_device(name: str) -> torch.device:
+    """THE device rule of the commands (``--device``): ``auto`` is the first CUDA device when there is one, else
+    Apple's ``mps`` when available, else the CPU; any other name is taken as it is (``cuda:1``, ``cpu``, ...)."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+
+
 class SRDenoiser(nn.Module):
     """A diffusers UNet that denoises z_t conditioned on the encoded LR image by channel concatenation.
 
@@ -260,11 +270,10 @@ class LatentCodec(nn.Module):
     def downsample_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
-    def encode(self, image: Tensor, generator: torch.Generator | None = None, sample: bool = False) -> Tensor:
-        """(B, 3, H, W) in [0, 1] -> (B, 4, H/f, W/f) (f = ``downsample_factor``, 8 for SD); the posterior mean
-        unless ``sample``."""
-        posterior = self.vae.encode(image.to(weight_dtype(self.vae.encoder)) * 2.0 - 1.0).latent_dist
-        latent = posterior.sample(generator) if sample else posterior.mode()
+    def encode(self, image: Tensor) -> Tensor:
+        """(B, 3, H, W) in [0, 1] -> (B, 4, H/f, W/f) (f = ``downsample_factor``, 8 for SD): the posterior mean
+        (every stage encodes deterministically; the codec stage samples the posterior through the VAE itself)."""
+        latent = self.vae.encode(image.to(weight_dtype(self.vae.encoder)) * 2.0 - 1.0).latent_dist.mode()
         shift = self.vae.config.get("shift_factor") or 0.0
         return (latent - shift) * self.scaling_factor
 

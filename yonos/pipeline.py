@@ -1,6 +1,6 @@
 """YonosSRPipeline: one-step super-resolution as a diffusers pipeline (save / load in safetensors, tiling, colour fix).
 
-The sampling maths is yonos.diffusion's (``predict_x0`` and the DDIM stepper of ``ddim_sample``); tiles and colour
+Sampling is yonos.sampling.super_resolve (the function validation and evaluation call) with tiled callables; tiles and colour
 fix come from yonos.tiling and yonos.colorfix, the input conventions from yonos.pipeline_io. Large images stream:
 the condition, the VAE passes, the colour fix and the output are computed band by band of tile rows, so host and
 device memory hold the latents plus one band, whatever the image size. File handling is ``yonos upscale``'s.
@@ -8,8 +8,7 @@ device memory hold the latents plus one band, whatever the image size. File hand
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -23,18 +22,15 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from torch import Tensor, nn
 
 from yonos.colorfix import COLOR_FIX_MODES, ColorFix, ColorFixRows
-from yonos.diffusion import predict_x0
-from yonos.inference import padded_size, size_multiple, upsampled_rows
+from yonos.sampling import Generators, padded_size, randn, size_multiple, super_resolve, upsampled_rows
 from yonos.models import PROMPT_LENGTH, SRDenoiser
 from yonos.pipeline_io import (  # noqa: F401 - NonFiniteOutputError: part of this module's interface
     AnyLatentCodec,
     CastCodec,
-    Generators,
     ImageInput,
     NonFiniteOutputError,
     OutputBuffer,
     check_finite,
-    draw_noise,
     same_size_batches,
     stack_outputs,
     to_items,
@@ -144,7 +140,7 @@ class YonosSRPipeline(DiffusionPipeline):
 
     @property
     def size_multiple(self) -> int:
-        """Output sizes are padded to this (yonos.inference.size_multiple: the rule validation uses too)."""
+        """Output sizes are padded to this (yonos.sampling.size_multiple: the rule validation uses too)."""
         return size_multiple(self.unet, self.codec)
 
     @property
@@ -156,17 +152,6 @@ class YonosSRPipeline(DiffusionPipeline):
         """Set ``pipe._interrupt = True`` (e.g. in a callback) to skip the remaining steps; the current latents
         are decoded."""
         return getattr(self, "_interrupt", False)
-
-    @classmethod
-    def load_config(cls, *args: Any, **kwargs: Any) -> Any:
-        """diffusers' ``load_config``, reading folders exported by yonos 0.1.0 before the class registered itself
-        with diffusers: their ``_class_name`` ``["yonos_pipeline", "YonosSRPipeline"]`` pointed at a loader file that
-        diffusers runs only with ``trust_remote_code``; loading through this class needs neither."""
-        loaded = super().load_config(*args, **kwargs)
-        config = loaded[0] if isinstance(loaded, tuple) else loaded
-        if isinstance(config.get("_class_name"), (list, tuple)) and config["_class_name"][-1] == cls.__name__:
-            config["_class_name"] = cls.__name__
-        return loaded
 
     def save_pretrained(self, save_directory: str | Path, *args: Any, **kwargs: Any) -> None:
         """diffusers' ``save_pretrained`` plus a model card (``README.md``) when the folder has none, and a ``_yonos``
@@ -341,15 +326,23 @@ class YonosSRPipeline(DiffusionPipeline):
     def _noise(
         self, items: list[Tensor], scale: int, generator: Generators, latents: Tensor | None, device: torch.device
     ) -> list[Tensor]:
-        """The starting noise of each input item (B_i, C, H'/8, W'/8): ``latents`` split, or drawn."""
+        """The starting noise (float32) of each input item (B_i, C, H'/8, W'/8): ``latents`` split, or drawn by
+        yonos.sampling.randn: one generator draws the items in order; with one generator per output image, image
+        j's noise depends on ``generator[j]`` only, whatever the batching."""
         factor, channels = self.codec.downsample_factor, self.unet.config.out_channels
         shapes = []
         for item in items:
             padded = padded_size(item.shape[-2] * scale, item.shape[-1] * scale, self.size_multiple)
             shapes.append((len(item), channels, padded[0] // factor, padded[1] // factor))
+        total = sum(shape[0] for shape in shapes)
         if latents is None:
-            return draw_noise(shapes, generator, device)
-        expected = (sum(shape[0] for shape in shapes), *shapes[0][1:])
+            if isinstance(generator, list) and len(generator) != total:
+                raise ValueError(f"got {len(generator)} generators for {total} images (images x num_images_per_prompt)")
+            starts = [sum(shape[0] for shape in shapes[:i]) for i in range(len(shapes))]
+            own = [generator[start : start + shape[0]] if isinstance(generator, list) else generator
+                   for start, shape in zip(starts, shapes)]
+            return [randn(shape, gen, device) for shape, gen in zip(shapes, own)]
+        expected = (total, *shapes[0][1:])
         if any(shape[1:] != shapes[0][1:] for shape in shapes) or tuple(latents.shape) != expected:
             raise ValueError(f"latents of shape {tuple(latents.shape)}; these images need {expected} (one size only)")
         return list(latents.to(device=device, dtype=torch.float32).split([shape[0] for shape in shapes]))
@@ -358,17 +351,25 @@ class YonosSRPipeline(DiffusionPipeline):
         self, lr: Tensor, noise: Tensor, settings: _Settings, sink: Callable[[int, Tensor], None] | None,
         indices: list[int], callback: Any, callback_inputs: list[str],
     ) -> Tensor:
-        """One batch of same-size LR images (B, 3, h, w): encode, sample, and (with a ``sink``) decode, colour-fix
-        and hand the output over band by band. Returns the sampled latents."""
-        height, width = lr.shape[-2] * settings.scale, lr.shape[-1] * settings.scale
-        padded = padded_size(height, width, self.size_multiple)
+        """One batch of same-size LR images (B, 3, h, w) through yonos.sampling.super_resolve with tiled callables:
+        encode by tile rows, denoise on latent tiles, and (with a ``sink``) decode, colour-fix and hand the output
+        over band by band. Returns the sampled latents."""
+        padded = padded_size(lr.shape[-2] * settings.scale, lr.shape[-1] * settings.scale, self.size_multiple)
         codec = CastCodec(self.codec, settings.vae_dtype)
-        z_lr = self._encode(lr, settings, padded, codec)
-        z_0 = self._sample(z_lr, noise, settings, callback, callback_inputs)
-        check_finite(z_0, indices, f"the UNet ({self._unet_dtype()}) output")
-        if sink is not None:
-            self._decode(z_0, lr, (height, width), settings, codec, sink, indices)
-        return z_0
+
+        def finish(z_0: Tensor, size: tuple[int, int]) -> Tensor:
+            check_finite(z_0, indices, f"the UNet ({self._unet_dtype()}) output")
+            if sink is not None:
+                self._decode(z_0, lr, size, settings, codec, sink, indices)
+            return z_0
+
+        def progress(timesteps: Tensor) -> Iterator[Tensor]:  # the interrupt flag skips the remaining steps
+            return (timestep for timestep in self.progress_bar(timesteps) if not self.interrupt)
+
+        self._num_timesteps = settings.steps  # trailing DDIM: one timestep per step
+        encode = lambda lr, scale: self._encode(lr, settings, padded, codec)  # noqa: E731
+        return super_resolve(lr, settings.scale, encode, self._tiled_denoise(settings), finish, self.scheduler, noise,
+                             settings.steps, self._step_callback(callback, callback_inputs), progress)
 
     def _encode(self, lr: Tensor, settings: _Settings, padded: tuple[int, int], codec: CastCodec) -> Tensor:
         """The padded, bicubic-upsampled LR encoded, tile row by tile row: the full-size condition is never built."""
@@ -388,16 +389,14 @@ class YonosSRPipeline(DiffusionPipeline):
             bands = tiled_rows(codec.encode, read, padded, tile, overlap, factor, settings.tiles_per_call)
             return torch.cat([rows for _, rows in bands], dim=-2)
 
-    def _sample(
-        self, z_lr: Tensor, noise: Tensor, settings: _Settings, callback: Any, callback_inputs: list[str]
-    ) -> Tensor:
-        """DDIM from ``noise`` as yonos.diffusion.ddim_sample (one x0 conversion, the scheduler's step on x0), the
-        UNet run on latent tiles; with diffusers' step callback, interrupt flag and progress bar."""
-        denoiser = SRDenoiser(self.unet, self.prompt_embedding.prompt_embeds.to(z_lr.device))
+    def _tiled_denoise(self, settings: _Settings) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+        """(z_t, z_lr, t) -> the UNet's output, the UNet run on latent tiles of [z_t, z_lr] (yonos.tiling)."""
         factor, channels, unet_dtype = self.codec.downsample_factor, self.unet.config.out_channels, self._unet_dtype()
         tile, overlap = settings.tiles or (1 << 30, 0)
 
-        def denoise(z_t: Tensor, t: Tensor) -> Tensor:
+        def denoise(z_t: Tensor, z_lr: Tensor, t: Tensor) -> Tensor:
+            denoiser = SRDenoiser(self.unet, self.prompt_embedding.prompt_embeds.to(z_lr.device))
+
             def on_tile(stacked: Tensor) -> Tensor:
                 t_tiles = t.repeat(stacked.shape[0] // len(t))  # stacked tiles: [tile 0's images, tile 1's, ...]
                 z, c = stacked[:, :channels].to(unet_dtype), stacked[:, channels:].to(unet_dtype)
@@ -407,23 +406,19 @@ class YonosSRPipeline(DiffusionPipeline):
             align = self.size_multiple // factor
             return tiled_map(on_tile, stacked, tile // factor, overlap // factor, align, settings.tiles_per_call)
 
-        stepper = copy.deepcopy(self.scheduler)  # as ddim_sample: DDIM's update on the x0 prediction
-        stepper.register_to_config(prediction_type="sample")
-        stepper.set_timesteps(settings.steps, device=z_lr.device)
-        self._num_timesteps = len(stepper.timesteps)
-        prediction_type = self.scheduler.config.prediction_type
-        latents = noise * stepper.init_noise_sigma
-        for step, timestep in enumerate(self.progress_bar(stepper.timesteps)):
-            if self.interrupt:
-                continue
-            t = torch.full((len(latents),), int(timestep), device=latents.device, dtype=torch.long)
-            x0 = predict_x0(denoise(latents, t), latents, t, stepper.alphas_cumprod, prediction_type)
-            latents = stepper.step(x0, timestep, latents, eta=0.0).prev_sample
-            if callback is not None:
-                tensors = {"latents": latents, "image_latents": z_lr}
-                returned = callback(self, step, timestep, {name: tensors[name] for name in callback_inputs})
-                latents = returned.pop("latents", latents)
-        return latents
+        return denoise
+
+    def _step_callback(self, callback: Any, names: list[str]) -> Callable[..., Tensor] | None:
+        """diffusers' ``callback_on_step_end`` as yonos.sampling's step callback."""
+        if callback is None:
+            return None
+
+        def on_step(step: int, timestep: Tensor, latents: Tensor, z_lr: Tensor) -> Tensor:
+            tensors = {"latents": latents, "image_latents": z_lr}
+            returned = callback(self, step, timestep, {name: tensors[name] for name in names})
+            return returned.pop("latents", latents)
+
+        return on_step
 
     def _decode(
         self, z_0: Tensor, lr: Tensor, size: tuple[int, int], settings: _Settings, codec: CastCodec,

@@ -1,5 +1,5 @@
-"""What YonosSRPipeline takes and returns: diffusers' image-input conventions, noise, output collectors, and the
-latent codec over any of diffusers' SD-latent autoencoders.
+"""What YonosSRPipeline takes and returns: diffusers' image-input conventions, output collectors, and the latent
+codec over any of diffusers' SD-latent autoencoders (the noise comes from yonos.sampling.randn).
 
 Inputs follow ``diffusers.image_processor.PipelineImageInput``: PIL images, numpy arrays (h, w, 3) / (B, h, w, 3),
 tensors (3, h, w) / (B, 3, h, w), or lists of them. Floats are read as [0, 1], or as [-1, 1] when they hold a
@@ -21,7 +21,6 @@ from yonos.images import decode_pil, rgb8
 from yonos.models import LatentCodec, weight_dtype
 
 ImageInput = PIL.Image.Image | np.ndarray | Tensor | list[PIL.Image.Image | np.ndarray | Tensor]
-Generators = torch.Generator | list[torch.Generator] | None
 _INTEGER_PEAKS = {torch.uint8: 255.0, torch.uint16: 65535.0}
 
 
@@ -74,25 +73,6 @@ def to_items(image: ImageInput, device: torch.device) -> list[Tensor]:
     return [_one_item(item, index).to(device=device, dtype=torch.float32) for index, item in enumerate(items)]
 
 
-def draw_noise(shapes: list[tuple[int, ...]], generator: Generators, device: torch.device) -> list[Tensor]:
-    """Starting noise (float32) per item, drawn on the generator's device and moved to ``device``: a CPU generator
-    gives the same noise on any device. One generator draws the items in order; with a list of generators, sample
-    j's noise is ``randn((1, ...), generator=generator[j])``, whatever the batching."""
-    total = sum(shape[0] for shape in shapes)
-    if isinstance(generator, list):
-        if len(generator) != total:
-            raise ValueError(f"got {len(generator)} generators for {total} images (images x num_images_per_prompt)")
-        noise, start = [], 0
-        for shape in shapes:
-            own = generator[start : start + shape[0]]
-            draws = [torch.randn((1, *shape[1:]), generator=g, device=g.device) for g in own]
-            noise.append(torch.cat(draws).to(device))
-            start += shape[0]
-        return noise
-    source = generator.device if generator is not None else device
-    return [torch.randn(shape, generator=generator, device=source).to(device) for shape in shapes]
-
-
 def same_size_batches(
     items: list[Tensor], noise: list[Tensor], batch_size: int
 ) -> Iterator[tuple[list[int], Tensor, Tensor]]:
@@ -136,12 +116,12 @@ class AnyLatentCodec(LatentCodec):
         blocks = config.get("block_out_channels") or config.get("encoder_block_out_channels")
         return 2 ** (len(blocks) - 1)
 
-    def encode(self, image: Tensor, generator: torch.Generator | None = None, sample: bool = False) -> Tensor:
+    def encode(self, image: Tensor) -> Tensor:
         if isinstance(self.vae, AutoencoderKL):
-            return super().encode(image, generator=generator, sample=sample)
+            return super().encode(image)
         encoded = self.vae.encode(image.to(weight_dtype(self.vae.encoder)) * 2.0 - 1.0)
         if hasattr(encoded, "latent_dist"):
-            latent = encoded.latent_dist.sample(generator) if sample else encoded.latent_dist.mode()
+            latent = encoded.latent_dist.mode()
         else:
             latent = encoded.latents  # AutoencoderTiny: deterministic
         return latent * self.scaling_factor

@@ -18,7 +18,8 @@ from tqdm import tqdm
 
 from yonos.colorfix import COLOR_FIX_MODES
 from yonos.images import IMAGE_EXTENSIONS, DecodedImage, read_image
-from yonos.inference import upsampled_rows
+from yonos.models import resolve_device
+from yonos.sampling import upsampled_rows
 from yonos.pipeline import DEFAULT_TILE_OVERLAP, DEFAULT_TILE_SIZE, YonosSRPipeline
 from yonos.png_stream import PngRowWriter
 
@@ -140,7 +141,7 @@ def upscale_file(pipe: YonosSRPipeline, job: Job, options: UpscaleOptions) -> No
         png.close({**metadata, "yonos:source": job.source.name})
 
 
-def load_pipeline(model: Path, dtype: torch.dtype, device: str) -> YonosSRPipeline:
+def load_pipeline(model: Path, dtype: torch.dtype, device: str | torch.device) -> YonosSRPipeline:
     """The exported pipeline on ``device``: weights read in float32, then the UNet cast to ``dtype`` (the VAE stays
     in float32, so its weights are never rounded to half precision)."""
     pipe = YonosSRPipeline.from_pretrained(model)
@@ -173,14 +174,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _device(name: str) -> str:
-    if name != "auto":
-        return name
-    if torch.cuda.is_available():
-        return "cuda"
-    return "mps" if torch.backends.mps.is_available() else "cpu"
-
-
 def main(argv: list[str]) -> None:
     """Entry point of ``yonos upscale``; exits 1 when any file failed, 130 when interrupted."""
     parser = _parser()
@@ -206,7 +199,7 @@ def main(argv: list[str]) -> None:
         vae_dtype=DTYPES[args.vae_dtype],
         model=args.model.resolve().name,
     )
-    pipe = load_pipeline(args.model, DTYPES[args.dtype], _device(args.device))
+    pipe = load_pipeline(args.model, DTYPES[args.dtype], resolve_device(args.device))
     for problem in problems:
         print(f"FAILED {problem}")
     written = skipped = 0

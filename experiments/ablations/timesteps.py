@@ -30,10 +30,10 @@ from yonos.cli import run
 from yonos.degradations import bicubic_downsample, upsample_to
 from yonos.diffusion import ddim_sample
 from yonos.images import read_rgb
-from yonos.inference import per_sample_noise
 from yonos.metrics import psnr_y
 from yonos.modules import TeacherModule
 from yonos.modules.common import encode_fp32
+from yonos.sampling import seeded_noise
 from yonos.samples import prepare_samples
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,9 +82,9 @@ def score(checkpoint: Path, hr: torch.Tensor, noise_seeds: list[int]) -> dict[st
     results: dict[str, list[float]] = {"latent_mse_1step": [], "latent_mse_4steps": [], "psnr_y_1step": []}
     baselines = {"latent_mse_of_z_lr": (z_lr - z_hr).pow(2).mean().item(), "latent_mse_of_zero": z_hr.pow(2).mean().item()}
     for seed in noise_seeds:
-        noise = per_sample_noise(tuple(z_hr.shape), [seed * 1000 + i for i in range(len(hr))], hr.device)
+        noise = seeded_noise(tuple(z_hr.shape), [seed * 1000 + i for i in range(len(hr))], hr.device)
         for steps in (1, 4):
-            z_0 = ddim_sample(lambda z_t, t: module.denoiser(z_t, z_lr, t), module.scheduler, tuple(z_hr.shape), steps, noise=noise)
+            z_0 = ddim_sample(lambda z_t, t: module.denoiser(z_t, z_lr, t), module.scheduler, noise, steps)
             results[f"latent_mse_{steps}step" + ("s" if steps > 1 else "")].append((z_0 - z_hr).pow(2).mean().item())
             if steps == 1:
                 results["psnr_y_1step"].append(psnr_y(module.codec.decode(z_0), hr).mean().item())

@@ -9,10 +9,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 KernelType = Literal["iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso"]
-KERNEL_TYPES: tuple[str, ...] = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
+KERNEL_TYPES: tuple[str, ...] = get_args(KernelType)
+Degradation = Literal["bicubic", "bicubic_matlab", "realesrgan"]
+"""How LR images are made from HR ones: torch's antialiased bicubic, MATLAB ``imresize`` bicubic, or Real-ESRGAN."""
 PresetName = Literal["stablesr", "realesrgan"]
 MAX_KERNEL_SIZE = 21
 _PROB_TOLERANCE = 1e-6

@@ -20,10 +20,9 @@ from tqdm import tqdm
 from yonos.data import PairedFolderDataset, validation_generator
 from yonos.degradations.batch import degrade_bicubic, degrade_realesrgan
 from yonos.degradations import RealESRGANConfig
-from yonos.degradations.config import PresetName
-from yonos.images import list_images, read_rgb, save_image_atomic
+from yonos.degradations.config import Degradation, PresetName
+from yonos.images import list_images, paired_subfolders, read_rgb, save_image_atomic
 
-Degradation = Literal["bicubic", "bicubic_matlab", "realesrgan"]
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")  # PIL modes of one-channel images
 CACHE_SETTINGS = "settings.json"
 
@@ -63,8 +62,8 @@ def read_hr(pair: EvalPair, scale: int) -> Tensor:
 
 
 def is_paired(root: Path) -> bool:
-    """Whether ``root`` holds hr/+lr/ or gt/+lq/ subfolders."""
-    return ((root / "hr").is_dir() and (root / "lr").is_dir()) or ((root / "gt").is_dir() and (root / "lq").is_dir())
+    """Whether ``root`` holds hr/+lr/ or gt/+lq/ subfolders (yonos.images.paired_subfolders)."""
+    return paired_subfolders(root) is not None
 
 
 def _image_size(path: Path) -> tuple[int, int]:
@@ -81,8 +80,8 @@ def load_paired(root: Path, scale: int | None) -> EvalSet:
     wrong = [p.name for p in pairs if _image_size(p.hr_path) != tuple(s * scale for s in _image_size(p.lr_path))]
     if wrong:
         raise ValueError(f"--data: {len(wrong)} pair(s) in {root} are not HR = {scale} x LR in size: {wrong[:10]}")
-    hr_name = "hr" if (root / "hr").is_dir() else "gt"
-    return EvalSet(pairs, scale, {"layout": f"paired ({hr_name}/ + {'lr' if hr_name == 'hr' else 'lq'}/)", "root": str(root)})
+    hr_name, lr_name = paired_subfolders(root) or ("hr", "lr")
+    return EvalSet(pairs, scale, {"layout": f"paired ({hr_name}/ + {lr_name}/)", "root": str(root)})
 
 
 def _hr_listing(root: Path, exclude: tuple[Path, ...] = ()) -> list[tuple[str, Path]]:

@@ -15,14 +15,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from yonos.colorfix import apply_color_fix
+from yonos.checkpoints import load_stage_checkpoint
+from yonos.colorfix import ColorFix, apply_color_fix
 from yonos.degradations import bicubic_matlab_upsample, upsample_to
-from yonos.diffusion import make_scheduler
 from yonos.images import IMAGE_EXTENSIONS
-from yonos.inference import sample_with_seeds
-from yonos.models import scheduler_source
+from yonos.sampling import sample_with_seeds
 
-ColorFix = Literal["none", "adain", "wavelet"]
 ModelKind = Literal["checkpoint", "pipeline", "baseline", "folder"]
 BASELINES = ("bicubic", "lanczos")
 DIFFUSION_KINDS = ("checkpoint", "pipeline")  # the kinds that run once per --steps value
@@ -55,13 +53,6 @@ class SRModel:
         return {"path": str(self.path.resolve()), "files": hashlib.sha256(repr(stats).encode()).hexdigest()[:16]}
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto``: the first CUDA device when there is one, else the CPU; otherwise the named device."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def _color_fixer(color_fix: ColorFix) -> Callable[[Tensor, Tensor], Tensor]:
     """(SR, LR) -> SR colour-corrected against the bicubic-upsampled LR, as the pipeline does (yonos.colorfix)."""
     if color_fix == "none":
@@ -71,12 +62,10 @@ def _color_fixer(color_fix: ColorFix) -> Callable[[Tensor, Tensor], Tensor]:
 
 def load_checkpoint_model(path: Path, label: str, device: torch.device, color_fix: ColorFix = "none") -> SRModel:
     """A TeacherModule / ScaleDistillModule checkpoint: denoiser + codec + DDIM scheduler, noise seeded per image."""
-    from yonos.modules.common import load_stage_checkpoint  # stage files are read through the modules' own loader
-
     fix = _color_fixer(color_fix)
     stage = load_stage_checkpoint(path, key="--model")
     denoiser, codec = stage.denoiser.to(device).eval(), stage.codec.to(device).eval()
-    scheduler = make_scheduler(scheduler_source(stage.backbone), stage.prediction_type, stage.rescale_betas_zero_snr)
+    scheduler = stage.scheduler()
 
     def upscale(lr: Tensor, scale: int, seed: int, num_steps: int) -> Tensor:
         return fix(sample_with_seeds(denoiser, codec, scheduler, lr, scale, [seed], num_steps), lr)

@@ -13,23 +13,23 @@ from typing import Any
 from torch import nn
 from tqdm import tqdm
 
+from yonos.colorfix import ColorFix
 from yonos.data import validation_seed
-from yonos.degradations.config import PresetName
-from yonos.evaluation.data import Degradation, EvalSet, hr_is_gray, list_test_names, load_eval_set, read_hr, write_json
+from yonos.degradations.config import Degradation, PresetName
+from yonos.evaluation.data import EvalSet, hr_is_gray, list_test_names, load_eval_set, read_hr, write_json
 from yonos.evaluation.models import (
     DIFFUSION_KINDS,
-    ColorFix,
     SRModel,
     classify_model,
     default_label,
     find_sr_image,
     load_model,
-    resolve_device,
 )
 from yonos.evaluation.report import RunResult, write_per_image_csv, write_summary, write_sweep
 from yonos.evaluation.scoring import DEFAULT_METRICS, MetricOptions, MetricSuite, build_suite
 from yonos.images import read_rgb, save_image_atomic
 from yonos.metrics import FIDMode, GrayConvention, LPIPSNet, SSIMConvention
+from yonos.models import resolve_device
 
 RUN_SETTINGS = "run.json"
 

@@ -21,7 +21,7 @@ from yonos.data import SRBatch, lr_key
 from yonos.degradations import upsample_to
 from yonos.models import LatentCodec, build_codec, BackboneConfig
 from yonos.modules.common import TrainingStream, configure_optimizer, shared
-from yonos.modules.evaluation import SRMetrics, log_image_grid
+from yonos.modules.validation import SRMetrics, log_image_grid
 
 
 @dataclass

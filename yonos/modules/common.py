@@ -1,11 +1,10 @@
 """Building blocks the stage modules share by composition: the training RNG stream, optimiser construction,
-FSDP sharding of the trainable networks, checkpoint loading of earlier stages. No LightningModule here."""
+FSDP sharding of the trainable networks, the check of the scales a stage needs. No LightningModule here (checkpoint
+I/O of the stages lives in yonos.checkpoints)."""
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import lightning.pytorch as pl
@@ -13,7 +12,7 @@ import torch
 from lightning.pytorch.callbacks import WeightAveraging
 from torch import Tensor, nn
 
-from yonos.models import BackboneConfig, LatentCodec, SRDenoiser, build_codec, build_denoiser
+from yonos.models import LatentCodec
 
 
 def encode_fp32(codec: LatentCodec, images: Tensor) -> Tensor:
@@ -129,83 +128,12 @@ def configure_optimizer(
     return {"optimizer": built, "lr_scheduler": {"scheduler": lr_scheduler(built), "interval": "step"}}
 
 
-@dataclass
-class StageCheckpoint:
-    """The SR model held by a stage checkpoint (teacher or distilled student) and how it was trained."""
-
-    denoiser: SRDenoiser
-    codec: LatentCodec
-    backbone: BackboneConfig
-    scale: int
-    prediction_type: str
-    rescale_betas_zero_snr: bool
-    loss_weighting: str
-    path: Path
-
-
-def _sub_state(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    return {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
-
-
-MODEL_STATE_KEYS = ("state_dict", "current_model_state")
-"""Where a checkpoint holds module weights: Lightning's ``state_dict`` and, with EMA, the callback's live weights."""
-
-
-def drop_submodule_state(checkpoint: dict[str, Any], prefix: str) -> None:
-    """Leave a frozen submodule (``prefix`` e.g. ``"teacher."``) out of the checkpoint's weights."""
-    for key in MODEL_STATE_KEYS:
-        if key in checkpoint:
-            checkpoint[key] = {k: v for k, v in checkpoint[key].items() if not k.startswith(prefix)}
-
-
-def restore_submodule_state(checkpoint: dict[str, Any], prefix: str, module: nn.Module) -> None:
-    """Put a frozen submodule left out by :func:`drop_submodule_state` back, from the module as rebuilt at init, so
-    that Lightning's strict loading finds every key."""
-    state = {f"{prefix}{k}": v for k, v in module.state_dict().items()}
-    for key in MODEL_STATE_KEYS:
-        if key in checkpoint:
-            checkpoint[key].update(state)
-
-
-MODEL_CARD_KEY = "yonos_model"
-"""Checkpoint key of the model card: what a later stage needs to rebuild the SR model from the file alone."""
-
-
-def model_card(
-    backbone: BackboneConfig, scale: int, prediction_type: str, rescale_betas_zero_snr: bool, loss_weighting: str
-) -> dict[str, Any]:
-    """Plain-typed description of a stage's SR model, saved in its checkpoints (loads with weights_only=True)."""
-    return {
-        "backbone": asdict(backbone),
-        "scale": scale,
-        "prediction_type": prediction_type,
-        "rescale_betas_zero_snr": rescale_betas_zero_snr,
-        "loss_weighting": loss_weighting,
-    }
-
-
-def load_stage_checkpoint(path: str | Path, key: str = "model.teacher_ckpt") -> StageCheckpoint:
-    """Load the SR model of a TeacherModule or ScaleDistillModule checkpoint (its EMA weights when the run used
-    Lightning's EMA callback, which stores them as the checkpoint's ``state_dict``)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"{key}: checkpoint {path} does not exist")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    card, state = checkpoint.get(MODEL_CARD_KEY), checkpoint.get("state_dict", {})
-    if card is None:
-        raise ValueError(f"{key}: {path} is not a yonos stage checkpoint (it has no '{MODEL_CARD_KEY}' entry)")
-    backbone = BackboneConfig(**card["backbone"])
-    denoiser, codec = build_denoiser(backbone), build_codec(backbone)
-    prefix = "student." if any(k.startswith("student.") for k in state) else "denoiser."
-    denoiser.load_state_dict(_sub_state(state, prefix))
-    codec.load_state_dict(_sub_state(state, "codec."))
-    return StageCheckpoint(
-        denoiser=denoiser,
-        codec=codec,
-        backbone=backbone,
-        scale=int(card["scale"]),
-        prediction_type=card["prediction_type"],
-        rescale_betas_zero_snr=bool(card["rescale_betas_zero_snr"]),
-        loss_weighting=card["loss_weighting"],
-        path=path,
-    )
+def check_scales_available(module: pl.LightningModule, scales_needed: dict[str, int]) -> None:
+    """Fail at start when the DataModule does not produce a scale the module needs (names the yaml keys)."""
+    datamodule = getattr(module.trainer, "datamodule", None) if module._trainer is not None else None
+    produced = getattr(datamodule, "scales", None)
+    if produced is None:
+        return
+    for key, scale in scales_needed.items():
+        if scale not in produced:
+            raise ValueError(f"{key} = {scale} is not produced by the data module: data.scales = {produced}")

@@ -20,25 +20,19 @@ from torch import Tensor, nn
 
 from yonos.data import SRBatch, lr_key, validation_seed
 from yonos.degradations import upsample_to
-from yonos.diffusion import ddim_sample, make_scheduler
-from yonos.inference import per_sample_noise
 from yonos.losses import adaptive_gan_weight, hinge_discriminator_loss, hinge_generator_loss
 from yonos.metrics import LPIPSNet, build_lpips, lpips_distance
-from yonos.models import PatchDiscriminator, scheduler_source
-from yonos.modules.common import (
+from yonos.models import PatchDiscriminator
+from yonos.checkpoints import (
     MODEL_CARD_KEY,
-    TrainingStream,
-    configure_optimizer,
+    StageCheckpoint,
+    as_stage_checkpoint,
     drop_submodule_state,
-    encode_fp32,
-    load_stage_checkpoint,
-    model_card,
     restore_submodule_state,
-    shard_trainable,
-    shared,
 )
-from yonos.modules.evaluation import LPIPSChoice, SRMetrics, log_image_grid
-from yonos.modules.teacher import check_scales_available
+from yonos.modules.common import TrainingStream, check_scales_available, configure_optimizer, encode_fp32, shard_trainable, shared
+from yonos.modules.validation import LPIPSChoice, SRMetrics, log_image_grid
+from yonos.sampling import Noise, randn, seeded_noise, super_resolve
 
 
 class DecoderFinetuneModule(pl.LightningModule):
@@ -46,7 +40,7 @@ class DecoderFinetuneModule(pl.LightningModule):
 
     def __init__(
         self,
-        denoiser_ckpt: str,
+        denoiser_ckpt: str | StageCheckpoint,
         num_steps: int = 1,
         l1_weight: float = 1.0,
         lpips_weight: float = 1.0,
@@ -64,7 +58,8 @@ class DecoderFinetuneModule(pl.LightningModule):
     ) -> None:
         """
         Args:
-            denoiser_ckpt: the distilled model: a ScaleDistillModule (or TeacherModule) checkpoint.
+            denoiser_ckpt: the distilled model: a ScaleDistillModule (or TeacherModule) checkpoint, or that model
+                already loaded (a yonos.checkpoints.StageCheckpoint, whose networks the module then takes over).
             num_steps: DDIM steps of the sampler whose latents the decoder learns from (1 = YONOS-SR).
             l1_weight: weight of the pixel L1 loss.
             lpips_weight: weight of the LPIPS loss (0 disables it).
@@ -88,12 +83,11 @@ class DecoderFinetuneModule(pl.LightningModule):
             raise ValueError(f"model.num_steps must be >= 1, got {num_steps}")
         if min(l1_weight, lpips_weight, gan_weight) < 0:
             raise ValueError("model.l1_weight, model.lpips_weight and model.gan_weight must be >= 0")
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "discriminator_optimizer"])
-        source = load_stage_checkpoint(denoiser_ckpt, key="model.denoiser_ckpt")
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "discriminator_optimizer", "denoiser_ckpt"])
+        source = as_stage_checkpoint(denoiser_ckpt, key="model.denoiser_ckpt")
+        self.hparams["denoiser_ckpt"] = None if source.path is None else str(source.path)  # a path, never the networks
         self.scale, self.prediction_type = source.scale, source.prediction_type
-        self.model_card = model_card(
-            source.backbone, source.scale, source.prediction_type, source.rescale_betas_zero_snr, source.loss_weighting
-        )
+        self.model_card = source.card()
         self.optimizer_factory, self.lr_scheduler_factory = shared(optimizer), shared(lr_scheduler)  # see SharedFactory
         self.discriminator_optimizer_factory = shared(discriminator_optimizer)
 
@@ -105,9 +99,7 @@ class DecoderFinetuneModule(pl.LightningModule):
         self.original_codec = copy.deepcopy(source.codec).eval().requires_grad_(False)
         if gradient_checkpointing:
             self.codec.vae.enable_gradient_checkpointing()  # the encoder runs without gradients: only the decoder
-        self.scheduler = make_scheduler(
-            scheduler_source(source.backbone), source.prediction_type, source.rescale_betas_zero_snr
-        )
+        self.scheduler = source.scheduler()
         self.discriminator = PatchDiscriminator() if gan_weight > 0 else None
         self.automatic_optimization = self.discriminator is None
         self._lpips: list[nn.Module] = []  # kept out of the state dict
@@ -139,15 +131,16 @@ class DecoderFinetuneModule(pl.LightningModule):
 
     # The latents the one-step sampler really produces.
 
-    @torch.no_grad()
-    def sample_latents(self, lr: Tensor, size: tuple[int, int], noise: Tensor | None = None) -> Tensor:
-        """z_0 from the frozen denoiser for LR images upsampled to ``size``, (B, 4, H/8, W/8)."""
-        z_lr = encode_fp32(self.codec, upsample_to(lr, size))
-        generator = None if noise is not None else self.stream.generator(self.device, self.global_rank)
-        return ddim_sample(
-            lambda z_t, t: self.denoiser(z_t, z_lr, t), self.scheduler, tuple(z_lr.shape), self.hparams.num_steps,
-            generator=generator, device=z_lr.device, dtype=z_lr.dtype, noise=noise,
-        )
+    def sample_latents(self, lr: Tensor, size: tuple[int, int], noise: Noise | None = None) -> Tensor:
+        """z_0 from the frozen denoiser for LR images upsampled to ``size`` (B, C, H/f, W/f): yonos.sampling's
+        super_resolve without padding or decoding; the noise comes from the training stream unless given."""
+        def encode(lr: Tensor, scale: int) -> Tensor:
+            return encode_fp32(self.codec, upsample_to(lr, size))
+
+        if noise is None:
+            generator = self.stream.generator(self.device, self.global_rank)
+            noise = lambda z_lr: randn(tuple(z_lr.shape), generator, z_lr.device, z_lr.dtype)  # noqa: E731
+        return super_resolve(lr, self.scale, encode, self.denoiser, None, self.scheduler, noise, self.hparams.num_steps)
 
     def reconstruction_loss(self, sr: Tensor, hr: Tensor) -> Tensor:
         """l1_weight * |sr - hr| + lpips_weight * LPIPS(sr, hr), sr unclamped."""
@@ -212,8 +205,8 @@ class DecoderFinetuneModule(pl.LightningModule):
     def _evaluation_step(self, batch: SRBatch, batch_idx: int, prefix: str) -> None:
         hr, lr = batch["hr"], batch[lr_key(self.scale)]
         seeds = [validation_seed(self.hparams.seed, int(i)) for i in batch["index"]]
-        shape = (hr.shape[0], 4, hr.shape[-2] // self.codec.downsample_factor, hr.shape[-1] // self.codec.downsample_factor)
-        latent = self.sample_latents(lr, tuple(hr.shape[-2:]), noise=per_sample_noise(shape, seeds, hr.device))
+        noise = lambda z_lr: seeded_noise(tuple(z_lr.shape), seeds, hr.device)  # noqa: E731 - the codec's latent shape
+        latent = self.sample_latents(lr, tuple(hr.shape[-2:]), noise=noise)
         with torch.no_grad():
             sr, sr_original = self.codec.decode(latent), self.original_codec.decode(latent)
         self.val_metrics.update(sr, hr, batch.get("valid"))

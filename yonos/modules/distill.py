@@ -16,24 +16,18 @@ from torch import Tensor
 
 from yonos.data import SRBatch, lr_key
 from yonos.degradations import upsample_to
-from yonos.diffusion import LossWeighting, add_noise, make_scheduler, sample_timesteps
-from yonos.inference import sample_with_seeds
+from yonos.diffusion import LossWeighting, add_noise, sample_timesteps
+from yonos.sampling import sample_with_seeds
 from yonos.losses import distillation_loss
-from yonos.models import scheduler_source
-from yonos.modules.common import (
+from yonos.checkpoints import (
     MODEL_CARD_KEY,
-    TrainingStream,
-    configure_optimizer,
+    StageCheckpoint,
+    as_stage_checkpoint,
     drop_submodule_state,
-    encode_fp32,
-    load_stage_checkpoint,
-    model_card,
     restore_submodule_state,
-    shard_trainable,
-    shared,
 )
-from yonos.modules.evaluation import LPIPSChoice, SRValidation
-from yonos.modules.teacher import check_scales_available
+from yonos.modules.common import TrainingStream, check_scales_available, configure_optimizer, encode_fp32, shard_trainable, shared
+from yonos.modules.validation import LPIPSChoice, SRValidation
 
 
 def check_scale_rule(teacher_scale: int, student_scale: int) -> None:
@@ -50,7 +44,7 @@ class ScaleDistillModule(pl.LightningModule):
 
     def __init__(
         self,
-        teacher_ckpt: str,
+        teacher_ckpt: str | StageCheckpoint,
         teacher_scale: int = 2,
         student_scale: int = 4,
         gt_mix: float = 0.0,
@@ -68,7 +62,8 @@ class ScaleDistillModule(pl.LightningModule):
     ) -> None:
         """
         Args:
-            teacher_ckpt: checkpoint of a TeacherModule or of an earlier ScaleDistillModule.
+            teacher_ckpt: checkpoint of a TeacherModule or of an earlier ScaleDistillModule (or that model already
+                loaded: a yonos.checkpoints.StageCheckpoint, whose networks the module then takes over).
             teacher_scale: scale of the teacher's LR input; must equal the scale the teacher was trained at.
             student_scale: scale the student learns; a multiple of teacher_scale greater than it.
             gt_mix: weight in [0, 1] of a ground-truth x0 term blended into the loss (0 = the paper).
@@ -89,18 +84,17 @@ class ScaleDistillModule(pl.LightningModule):
         check_scale_rule(teacher_scale, student_scale)
         if not 0.0 <= gt_mix <= 1.0:
             raise ValueError(f"model.gt_mix must be in [0, 1], got {gt_mix}")
-        source = load_stage_checkpoint(teacher_ckpt, key="model.teacher_ckpt")
+        source = as_stage_checkpoint(teacher_ckpt, key="model.teacher_ckpt")
         if source.scale != teacher_scale:
             raise ValueError(
                 f"model.teacher_scale = {teacher_scale} but model.teacher_ckpt {source.path} was trained at x{source.scale}"
             )
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "teacher_ckpt"])
+        self.hparams["teacher_ckpt"] = None if source.path is None else str(source.path)  # a path, never the networks
         self.teacher_scale, self.student_scale, self.gt_mix = teacher_scale, student_scale, gt_mix
         self.prediction_type, self.loss_weighting = source.prediction_type, loss_weighting or source.loss_weighting
         # What a later stage needs to rebuild this model from the checkpoint alone.
-        self.model_card = model_card(
-            source.backbone, student_scale, source.prediction_type, source.rescale_betas_zero_snr, self.loss_weighting
-        )
+        self.model_card = source.card(student_scale, self.loss_weighting)
         self.optimizer_factory, self.lr_scheduler_factory = shared(optimizer), shared(lr_scheduler)  # see SharedFactory
 
         self.teacher = source.denoiser.eval().requires_grad_(False)
@@ -108,9 +102,7 @@ class ScaleDistillModule(pl.LightningModule):
         if gradient_checkpointing:
             self.student.unet.enable_gradient_checkpointing()
         self.codec = source.codec.eval().requires_grad_(False)
-        self.scheduler = make_scheduler(
-            scheduler_source(source.backbone), source.prediction_type, source.rescale_betas_zero_snr
-        )
+        self.scheduler = source.scheduler()
         self.register_buffer("alphas_cumprod", self.scheduler.alphas_cumprod.clone(), persistent=False)
         if not 0.0 <= last_timestep_prob <= 1.0:
             raise ValueError(f"model.last_timestep_prob must be in [0, 1], got {last_timestep_prob}")

@@ -26,30 +26,19 @@ from yonos.diffusion import (
     parameterisation_mismatch,
     sample_timesteps,
 )
-from yonos.inference import sample_with_seeds
+from yonos.sampling import sample_with_seeds
 from yonos.losses import denoising_loss
 from yonos.models import BackboneConfig, build_codec, build_denoiser, scheduler_source
+from yonos.checkpoints import MODEL_CARD_KEY, model_card
 from yonos.modules.common import (
-    MODEL_CARD_KEY,
     TrainingStream,
+    check_scales_available,
     configure_optimizer,
     encode_fp32,
-    model_card,
     shard_trainable,
     shared,
 )
-from yonos.modules.evaluation import LPIPSChoice, SRValidation
-
-
-def check_scales_available(module: pl.LightningModule, scales_needed: dict[str, int]) -> None:
-    """Fail at start when the DataModule does not produce a scale the module needs (names the yaml keys)."""
-    datamodule = getattr(module.trainer, "datamodule", None) if module._trainer is not None else None
-    produced = getattr(datamodule, "scales", None)
-    if produced is None:
-        return
-    for key, scale in scales_needed.items():
-        if scale not in produced:
-            raise ValueError(f"{key} = {scale} is not produced by the data module: data.scales = {produced}")
+from yonos.modules.validation import LPIPSChoice, SRValidation
 
 
 class TeacherModule(pl.LightningModule):

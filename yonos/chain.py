@@ -28,6 +28,8 @@ from typing import Literal
 
 import yaml
 
+from yonos.files import publish
+
 FINAL = "final.ckpt"
 ALL_STAGES = "all"
 INTERRUPTED = 3  # exit code of a stage process whose fit was interrupted (SIGTERM, Ctrl-C)
@@ -158,7 +160,7 @@ def fit_and_publish(arguments: list[str], final: Path, handoff: Literal["last", 
         return False
     if trainer.interrupted:
         return False
-    temporary = final.with_name(f".{final.name}.tmp")
+    temporary = final.with_name(f".{final.name}.tmp")  # one name every rank knows (not temporary_beside's)
     if handoff == "best":
         best = Path(trainer.checkpoint_callback.best_model_path or "")
         if not best.is_file():
@@ -175,7 +177,7 @@ def fit_and_publish(arguments: list[str], final: Path, handoff: Literal["last", 
         if source != temporary:
             temporary.unlink(missing_ok=True)
             os.link(source, temporary)
-        os.replace(temporary, final)
+        publish(temporary, final)
     return True
 
 

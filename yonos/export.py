@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from yonos.checkpoints import MODEL_CARD_KEY, load_stage_checkpoint
+from yonos.files import atomic_folder
 from yonos.pipeline import YonosSRPipeline
 
 LOAD_HINT = "pip install yonos, then `import yonos` before diffusers' DiffusionPipeline.from_pretrained"
@@ -34,15 +32,9 @@ def export_pipeline(ckpt: str | Path, out: str | Path, overwrite: bool = False) 
     if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"--out {out} exists and is not empty; pass --overwrite to replace it")
     pipeline = pipeline_from_checkpoint(ckpt)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
-    try:
+    with atomic_folder(out) as staging:
         pipeline.save_pretrained(staging)
         write_model_card(staging / "README.md", pipeline, training_record(ckpt))
-        _move_into_place(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
 
 
@@ -116,26 +108,6 @@ def add_load_hint(index: Path) -> None:
     config = json.loads(index.read_text())
     config["_yonos"] = LOAD_HINT
     index.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-
-def _move_into_place(staging: Path, out: Path) -> None:
-    """Rename ``staging`` to ``out``; an existing ``out`` is set aside first and deleted only once the new one is in."""
-    if not out.exists() and not out.is_symlink():
-        os.replace(staging, out)
-        return
-    if out.is_dir() and not out.is_symlink() and not any(out.iterdir()):
-        out.rmdir()
-        os.replace(staging, out)
-        return
-    previous = Path(tempfile.mkdtemp(prefix=f".{out.name}.previous-", dir=out.parent))
-    os.replace(out, previous / out.name)
-    try:
-        os.replace(staging, out)
-    except BaseException:
-        os.replace(previous / out.name, out)
-        previous.rmdir()
-        raise
-    shutil.rmtree(previous, ignore_errors=True)
 
 
 def main(argv: list[str]) -> None:

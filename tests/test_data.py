@@ -444,17 +444,17 @@ def test_validation_lr_is_identical_across_batch_sizes(tmp_path: Path) -> None:
 
 def test_training_generator_state_round_trips() -> None:
     dm = datamodule(seed=7)
-    generator = dm._training_generator(torch.device("cpu"))
+    generator = dm.stream.generator(torch.device("cpu"), 0)
     torch.rand(5, generator=generator)
     state = dm.state_dict()
     expected = torch.rand(5, generator=generator)
 
     restored = datamodule(seed=7)
     restored.load_state_dict(state)
-    resumed = torch.rand(5, generator=restored._training_generator(torch.device("cpu")))
+    resumed = torch.rand(5, generator=restored.stream.generator(torch.device("cpu"), 0))
 
     torch.testing.assert_close(resumed, expected, rtol=0, atol=0)
-    fresh = torch.rand(5, generator=datamodule(seed=7)._training_generator(torch.device("cpu")))
+    fresh = torch.rand(5, generator=datamodule(seed=7).stream.generator(torch.device("cpu"), 0))
     assert not torch.equal(fresh, expected)  # the state, not the seed, put the stream there
 
 
@@ -463,20 +463,20 @@ def test_state_dict_before_any_draw_is_harmless() -> None:
     restored = datamodule(seed=3)
     restored.load_state_dict(dm.state_dict())
 
-    a = torch.rand(5, generator=dm._training_generator(torch.device("cpu")))
-    b = torch.rand(5, generator=restored._training_generator(torch.device("cpu")))
+    a = torch.rand(5, generator=dm.stream.generator(torch.device("cpu"), 0))
+    b = torch.rand(5, generator=restored.stream.generator(torch.device("cpu"), 0))
 
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_load_state_dict_applies_to_an_existing_generator() -> None:
     dm = datamodule(seed=7)
-    generator = dm._training_generator(torch.device("cpu"))
+    generator = dm.stream.generator(torch.device("cpu"), 0)
     state = dm.state_dict()
     expected = torch.rand(5, generator=generator)
 
     dm.load_state_dict(state)  # rewind, e.g. a second fit(ckpt_path=...) on the same datamodule
-    rewound = torch.rand(5, generator=dm._training_generator(torch.device("cpu")))
+    rewound = torch.rand(5, generator=dm.stream.generator(torch.device("cpu"), 0))
 
     torch.testing.assert_close(rewound, expected, rtol=0, atol=0)
 

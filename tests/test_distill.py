@@ -7,7 +7,6 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-
 from torch.testing import assert_close
 
 from yonos import chain
@@ -15,7 +14,6 @@ from yonos.checkpoints import load_stage_checkpoint
 from yonos.data import SRDataModule
 from yonos.degradations import bicubic_downsample, upsample_to
 from yonos.diffusion import add_noise, predict_x0, sample_timesteps, x0_loss_weight
-from yonos.models import BackboneConfig
 from yonos.modules import ScaleDistillModule, TeacherModule
 
 ROOT = Path(__file__).resolve().parents[1]

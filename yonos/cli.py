@@ -58,7 +58,6 @@ from lightning.pytorch.cli import LightningCLI
 
 from yonos.data import SRDataModule
 
-
 SEED_TARGETS = ("data.seed", "model.init_args.seed")
 """The seeds that follow ``seed_everything``: the module's noise stream and validation noise, the data's
 crops and degradations. They are link targets, so they cannot disagree with the run's seed."""

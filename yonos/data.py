@@ -24,6 +24,7 @@ from yonos.degradations.batch import degrade_bicubic, degrade_realesrgan
 from yonos.degradations.config import Degradation, PresetName
 from yonos.degradations.realesrgan import realesrgan_target
 from yonos.images import list_images, paired_subfolders, read_rgb
+from yonos.seeds import TrainingStream, validation_generator
 
 LATENT_FACTOR = 8  # the SD VAE's downsampling factor
 
@@ -229,16 +230,6 @@ class FlaggedEvaluationSet(Dataset):
         return {**self.dataset[index], "valid": torch.tensor(valid)}
 
 
-def validation_seed(seed: int, index: int) -> int:
-    """The seed of one validation sample: a function of the base seed and the sample index only."""
-    return seed * 1_000_003 + index
-
-
-def validation_generator(seed: int, index: int, device: torch.device) -> torch.Generator:
-    """The generator of one validation sample (see :func:`validation_seed`)."""
-    return torch.Generator(device=device).manual_seed(validation_seed(seed, index))
-
-
 class SRDataModule(pl.LightningDataModule):
     """HR image folders in, HR + LR at every configured scale out, LR made on the batch's device."""
 
@@ -313,8 +304,7 @@ class SRDataModule(pl.LightningDataModule):
         if train_repeat < 1:
             raise ValueError(f"data.train_repeat must be >= 1, got {train_repeat}")
         self.train_repeat = train_repeat
-        self._train_generator: torch.Generator | None = None
-        self._restored_generator_state: Tensor | None = None
+        self.stream = TrainingStream(seed)  # the rank's training degradations
         self.train_set = self.val_set = self.predict_set = None
 
     # Datasets.
@@ -380,14 +370,6 @@ class SRDataModule(pl.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return trainer.global_rank if trainer is not None else 0
 
-    def _training_generator(self, device: torch.device) -> torch.Generator:
-        if self._train_generator is None or self._train_generator.device != device:
-            self._train_generator = torch.Generator(device=device).manual_seed(self.seed + self._rank())
-            if self._restored_generator_state is not None:
-                self._train_generator.set_state(self._restored_generator_state)
-                self._restored_generator_state = None
-        return self._train_generator
-
     def degrade(self, hr: Tensor, index: Tensor | None, training: bool) -> dict[int, Tensor]:
         """LR images for every configured scale: training draws from the rank's stream, evaluation from the
         per-sample generators, so evaluation LR images do not depend on batch size or world size."""
@@ -395,7 +377,7 @@ class SRDataModule(pl.LightningDataModule):
             return degrade_bicubic(hr, self.scales, matlab=self.degradation == "bicubic_matlab")
         if self.degradation == "realesrgan":
             if training or index is None:
-                generators = [self._training_generator(hr.device)]
+                generators = [self.stream.generator(hr.device, self._rank())]
             else:
                 generators = [validation_generator(self.seed, int(i), hr.device) for i in index]
             return degrade_realesrgan(hr, self.scales, self.realesrgan_config, generators, self.shared_degradation)
@@ -418,11 +400,9 @@ class SRDataModule(pl.LightningDataModule):
     # The training stream's position, saved in checkpoints so a resumed run continues it.
 
     def state_dict(self) -> dict:
-        if self._train_generator is None:
-            return {}
-        return {"train_generator_state": self._train_generator.get_state()}
+        state = self.stream.state()
+        return {} if state is None else {"train_generator_state": state}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self._restored_generator_state = state_dict.get("train_generator_state")
-        self._train_generator = None  # rebuilt from the restored state at the next draw
+        self.stream.restore(state_dict.get("train_generator_state"))  # rebuilt from it at the next draw
 

@@ -17,11 +17,12 @@ from unittest import mock
 import torch
 
 from yonos.chain import run_chain
-from yonos.data import SRDataModule, lr_key, validation_seed
+from yonos.data import SRDataModule, lr_key
 from yonos.degradations import bicubic_downsample, upsample_to
 from yonos.images import read_rgb, save_image_atomic
 from yonos.metrics import psnr_y, ssim_y
 from yonos.samples import prepare_samples
+from yonos.seeds import validation_seed
 
 SCALE = 4
 

@@ -17,7 +17,6 @@ from yonos.model_card import write_model_card
 from yonos.pipeline import YonosSRPipeline
 
 
-
 def pipeline_from_checkpoint(ckpt: str | Path) -> YonosSRPipeline:
     """The pipeline of a TeacherModule / ScaleDistillModule / DecoderFinetuneModule checkpoint, with the scheduler
     the stage trained with (its noise schedule, ``prediction_type`` and zero-terminal-SNR flag)."""

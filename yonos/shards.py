@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from yonos.images import IMAGE_EXTENSIONS, list_images, read_rgb
+from yonos.seeds import crop_generator
 
 REMOTE_SCHEMES = ("s3://", "gs://")
 INSTALL_HINT = 'the LitData engine is not installed: pip install "yonos[cluster]" (litdata, boto3)'
@@ -196,13 +196,6 @@ def _optimize_child(send: Any, options: dict[str, Any]) -> None:
 
 
 # Reading.
-
-
-def crop_generator(seed: int, epoch: int, index: int) -> torch.Generator:
-    """The generator of one training crop: a function of (seed, epoch, sample), so crops survive resumes and do
-    not depend on the number of ranks or workers."""
-    entropy = np.random.SeedSequence([seed, epoch, index]).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed(int(entropy[0]) << 32 | int(entropy[1]))
 
 
 try:  # the `cluster` extra; without it this module still imports and names the missing package when used

@@ -19,9 +19,9 @@ from tqdm import tqdm
 from yonos.colorfix import COLOR_FIX_MODES
 from yonos.images import IMAGE_EXTENSIONS, DecodedImage, read_image
 from yonos.models import resolve_device
-from yonos.sampling import upsampled_rows
 from yonos.pipeline import DEFAULT_TILE_OVERLAP, DEFAULT_TILE_SIZE, YonosSRPipeline
 from yonos.png_stream import PngRowWriter
+from yonos.sampling import upsampled_rows
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601, as Pillow's convert("L")

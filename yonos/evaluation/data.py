@@ -16,12 +16,13 @@ from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
-from yonos.data import PairedFolderDataset, validation_generator
-from yonos.degradations.batch import degrade_bicubic, degrade_realesrgan
+from yonos.data import PairedFolderDataset
 from yonos.degradations import RealESRGANConfig
+from yonos.degradations.batch import degrade_bicubic, degrade_realesrgan
 from yonos.degradations.config import Degradation, PresetName
 from yonos.files import write_text_atomic
 from yonos.images import list_images, paired_subfolders, read_rgb, save_image_atomic
+from yonos.seeds import validation_generator
 
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")  # PIL modes of one-channel images
 CACHE_SETTINGS = "settings.json"

@@ -534,3 +534,18 @@ def test_crop_generator_is_rebuilt_when_the_process_seed_changes(tmp_path: Path)
     fresh = HRFolderDataset(tmp_path / "train", hr_size=16, train=True)
     torch.manual_seed(2)
     assert all(torch.equal(a, fresh[0]["hr"]) for a in worker_crops)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "preset", "message"),
+    [
+        ({"stage1": {"blur_sigma": [3.0, 0.2]}}, "stablesr", "data.realesrgan.stage1.blur_sigma: low 3.0 > high 0.2"),
+        ({"stage2": {"second_blur_prob": 1.5}}, "stablesr", "data.realesrgan.stage2.second_blur_prob"),
+        ({"final_sinc_prob": -1}, "realesrgan", "data.realesrgan.final_sinc_prob"),
+        ({"stage1": {"blur_sigmas": [0.2, 1.0]}}, "stablesr", "data.realesrgan.stage1.blur_sigmas: unknown key"),
+        (None, "strong", "data.preset: unknown preset 'strong'"),
+    ],
+)
+def test_realesrgan_errors_name_the_datamodule_keys(overrides, preset, message) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        SRDataModule(degradation="realesrgan", preset=preset, realesrgan=overrides)

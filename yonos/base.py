@@ -8,7 +8,6 @@ a downloaded SD folder. Written under a temporary name and renamed into place: a
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import json
 from pathlib import Path
@@ -17,6 +16,7 @@ import diffusers
 import torch
 from diffusers import DDIMScheduler, UNet2DConditionModel
 
+from yonos.commands import command_parser, parse
 from yonos.diffusion import SD_SCHEDULER_CONFIG
 from yonos.files import atomic_folder
 from yonos.models import UNET_PRESETS, LatentCodec
@@ -92,13 +92,13 @@ def write_base(codec_ckpt: str | Path, out: str | Path, seed: int = 0, overwrite
 
 def main(argv: list[str]) -> None:
     """Entry point of ``yonos make-base``."""
-    parser = argparse.ArgumentParser(prog="yonos make-base", description=__doc__)
+    parser = command_parser("yonos make-base", __doc__)
     parser.add_argument("--codec-ckpt", required=True, help="a CodecModule checkpoint (yonos fit -c experiments/tiny/codec.yaml)")
     parser.add_argument("--out", required=True, help="the SD-layout folder to write")
     parser.add_argument("--seed", type=int, default=0, help="seed of the UNet's random initialisation")
     parser.add_argument("--unet-preset", default="tiny", help="UNet architecture preset (yonos.models.UNET_PRESETS)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out when it is not empty")
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     try:
         out = write_base(args.codec_ckpt, args.out, args.seed, args.overwrite, args.unet_preset)
     except (FileExistsError, FileNotFoundError, ValueError) as err:

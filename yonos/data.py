@@ -295,10 +295,7 @@ class SRDataModule(pl.LightningDataModule):
         self.scales, self.degradation, self.shared_degradation = scales, degradation, shared_degradation
         self.realesrgan_config = None
         if degradation == "realesrgan":
-            try:
-                self.realesrgan_config = RealESRGANConfig.from_preset(preset, realesrgan)
-            except ValueError as err:  # the config names keys from `degradation.`; here they live under data.
-                raise ValueError(str(err).replace("degradation.preset", "data.preset").replace("degradation.", "data.realesrgan.")) from err
+            self.realesrgan_config = RealESRGANConfig.from_preset(preset, realesrgan, "data.realesrgan", "data.preset")
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
         self.num_workers, self.seed = num_workers, seed
         if train_repeat < 1:

@@ -4,7 +4,6 @@ complete. Load it with ``YonosSRPipeline.from_pretrained(DIR)`` (see yonos.pipel
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import torch
 
 from yonos.checkpoints import MODEL_CARD_KEY, load_stage_checkpoint
+from yonos.commands import command_parser, parse
 from yonos.files import atomic_folder
 from yonos.model_card import write_model_card
 from yonos.pipeline import YonosSRPipeline
@@ -57,11 +57,11 @@ def _plain(value: Any) -> Any:
 
 def main(argv: list[str]) -> None:
     """Entry point of ``yonos export``."""
-    parser = argparse.ArgumentParser(prog="yonos export", description=export_pipeline.__doc__)
+    parser = command_parser("yonos export", export_pipeline.__doc__)
     parser.add_argument("--ckpt", required=True, help="a teacher, distillation or decoder stage checkpoint (.ckpt)")
     parser.add_argument("--out", required=True, help="the pipeline folder to write")
     parser.add_argument("--overwrite", action="store_true", help="replace --out when it is not empty")
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     try:
         out = export_pipeline(args.ckpt, args.out, args.overwrite)
     except (FileExistsError, FileNotFoundError, ValueError) as err:

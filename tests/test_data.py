@@ -14,8 +14,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from yonos.data import HRFolderDataset, PairedFolderDataset, SRDataModule, lr_key
+from yonos.batch import lr_key
+from yonos.data import SRDataModule
 from yonos.degradations import bicubic_downsample
+from yonos.folders import HRFolderDataset, PairedFolderDataset
 
 
 def random_rgb8(height: int, width: int, seed: int = 0) -> np.ndarray:

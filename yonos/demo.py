@@ -13,10 +13,11 @@ from pathlib import Path
 
 import torch
 
+from yonos.batch import lr_key
 from yonos.chain import run_chain
 from yonos.cli import run
 from yonos.commands import command_parser, parse
-from yonos.data import SRDataModule, lr_key
+from yonos.data import SRDataModule
 from yonos.degradations import bicubic_downsample, upsample_to
 from yonos.images import read_rgb, save_image_atomic
 from yonos.metrics import psnr_y, ssim_y

@@ -16,11 +16,11 @@ from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
-from yonos.data import PairedFolderDataset
 from yonos.degradations import RealESRGANConfig
 from yonos.degradations.batch import degrade_bicubic, degrade_realesrgan
 from yonos.degradations.config import Degradation, PresetName
 from yonos.files import write_text_atomic
+from yonos.folders import PairedFolderDataset
 from yonos.images import list_images, paired_subfolders, read_rgb, save_image_atomic
 from yonos.seeds import validation_generator
 

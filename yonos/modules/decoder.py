@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from yonos.batch import SRBatch, lr_key
 from yonos.checkpoints import (
     MODEL_CARD_KEY,
     StageCheckpoint,
@@ -25,7 +26,6 @@ from yonos.checkpoints import (
     drop_submodule_state,
     restore_submodule_state,
 )
-from yonos.data import SRBatch, lr_key
 from yonos.degradations import upsample_to
 from yonos.losses import adaptive_gan_weight, hinge_discriminator_loss, hinge_generator_loss
 from yonos.metrics import LPIPSNet, build_lpips, lpips_distance

@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
+from yonos.batch import SRBatch, lr_key
 from yonos.checkpoints import (
     MODEL_CARD_KEY,
     StageCheckpoint,
@@ -21,7 +22,6 @@ from yonos.checkpoints import (
     drop_submodule_state,
     restore_submodule_state,
 )
-from yonos.data import SRBatch, lr_key
 from yonos.degradations import upsample_to
 from yonos.diffusion import LossWeighting, add_noise, sample_timesteps
 from yonos.losses import distillation_loss

@@ -16,8 +16,8 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
+from yonos.batch import SRBatch, lr_key
 from yonos.checkpoints import MODEL_CARD_KEY, model_card
-from yonos.data import SRBatch, lr_key
 from yonos.degradations import upsample_to
 from yonos.diffusion import (
     LossWeighting,

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from yonos import cli
-from yonos.evaluate import config_from_args
+from yonos.evaluation.command import config_from_args
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -135,7 +135,7 @@ EXTRA_COMMANDS: dict[str, Callable[[list[str]], int | None]] = {
     "export": _lazy("yonos.export"),
     "make-base": _lazy("yonos.base"),
     "upscale": _lazy("yonos.upscale"),
-    "evaluate": _lazy("yonos.evaluate"),
+    "evaluate": _lazy("yonos.evaluation.command"),
     "shard": _lazy("yonos.shards"),
 }
 

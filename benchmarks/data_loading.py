@@ -25,7 +25,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from yonos.data import HRFolderDataset, crop_hr
+from yonos.batch import crop_hr
+from yonos.folders import HRFolderDataset
 from yonos.shards import open_shards, shard_loader, write_shards
 
 

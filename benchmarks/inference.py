@@ -191,8 +191,6 @@ def large_image_child(megapixels: int, device: torch.device, tiles_per_call: int
     fix, default tiles) for one photo-like image x4 to ``LARGE_SIZES[megapixels]``; peak RSS and seconds."""
     import tempfile
 
-    import numpy as np
-
     from yonos.png_stream import PngRowWriter
 
     width, height = LARGE_SIZES[megapixels]

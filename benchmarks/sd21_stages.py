@@ -75,7 +75,7 @@ def child_stage(final: str, arguments: list[str]) -> None:
 
 def child_build(folder: str, tiny: bool) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
-    from sd21_configs import UNET, VAE, build_folder, text_encoder_parameters
+    from sd21_configs import VAE, build_folder, text_encoder_parameters
 
     if tiny:
         from yonos.models import UNET_PRESETS, VAE_PRESETS

@@ -6,10 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import yaml
-
-import lightning.pytorch as pl
 
 from yonos.cli import EXTRA_COMMANDS, YonosCLI, main, nulls_as_json
 from yonos.data import SRDataModule

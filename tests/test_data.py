@@ -14,8 +14,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from yonos.data import HRFolderDataset, PairedFolderDataset, SRDataModule, lr_key
+from yonos.batch import lr_key
+from yonos.data import SRDataModule
 from yonos.degradations import bicubic_downsample
+from yonos.folders import HRFolderDataset, PairedFolderDataset
 
 
 def random_rgb8(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -444,17 +446,17 @@ def test_validation_lr_is_identical_across_batch_sizes(tmp_path: Path) -> None:
 
 def test_training_generator_state_round_trips() -> None:
     dm = datamodule(seed=7)
-    generator = dm._training_generator(torch.device("cpu"))
+    generator = dm.stream.generator(torch.device("cpu"), 0)
     torch.rand(5, generator=generator)
     state = dm.state_dict()
     expected = torch.rand(5, generator=generator)
 
     restored = datamodule(seed=7)
     restored.load_state_dict(state)
-    resumed = torch.rand(5, generator=restored._training_generator(torch.device("cpu")))
+    resumed = torch.rand(5, generator=restored.stream.generator(torch.device("cpu"), 0))
 
     torch.testing.assert_close(resumed, expected, rtol=0, atol=0)
-    fresh = torch.rand(5, generator=datamodule(seed=7)._training_generator(torch.device("cpu")))
+    fresh = torch.rand(5, generator=datamodule(seed=7).stream.generator(torch.device("cpu"), 0))
     assert not torch.equal(fresh, expected)  # the state, not the seed, put the stream there
 
 
@@ -463,20 +465,20 @@ def test_state_dict_before_any_draw_is_harmless() -> None:
     restored = datamodule(seed=3)
     restored.load_state_dict(dm.state_dict())
 
-    a = torch.rand(5, generator=dm._training_generator(torch.device("cpu")))
-    b = torch.rand(5, generator=restored._training_generator(torch.device("cpu")))
+    a = torch.rand(5, generator=dm.stream.generator(torch.device("cpu"), 0))
+    b = torch.rand(5, generator=restored.stream.generator(torch.device("cpu"), 0))
 
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_load_state_dict_applies_to_an_existing_generator() -> None:
     dm = datamodule(seed=7)
-    generator = dm._training_generator(torch.device("cpu"))
+    generator = dm.stream.generator(torch.device("cpu"), 0)
     state = dm.state_dict()
     expected = torch.rand(5, generator=generator)
 
     dm.load_state_dict(state)  # rewind, e.g. a second fit(ckpt_path=...) on the same datamodule
-    rewound = torch.rand(5, generator=dm._training_generator(torch.device("cpu")))
+    rewound = torch.rand(5, generator=dm.stream.generator(torch.device("cpu"), 0))
 
     torch.testing.assert_close(rewound, expected, rtol=0, atol=0)
 
@@ -534,3 +536,18 @@ def test_crop_generator_is_rebuilt_when_the_process_seed_changes(tmp_path: Path)
     fresh = HRFolderDataset(tmp_path / "train", hr_size=16, train=True)
     torch.manual_seed(2)
     assert all(torch.equal(a, fresh[0]["hr"]) for a in worker_crops)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "preset", "message"),
+    [
+        ({"stage1": {"blur_sigma": [3.0, 0.2]}}, "stablesr", "data.realesrgan.stage1.blur_sigma: low 3.0 > high 0.2"),
+        ({"stage2": {"second_blur_prob": 1.5}}, "stablesr", "data.realesrgan.stage2.second_blur_prob"),
+        ({"final_sinc_prob": -1}, "realesrgan", "data.realesrgan.final_sinc_prob"),
+        ({"stage1": {"blur_sigmas": [0.2, 1.0]}}, "stablesr", "data.realesrgan.stage1.blur_sigmas: unknown key"),
+        (None, "strong", "data.preset: unknown preset 'strong'"),
+    ],
+)
+def test_realesrgan_errors_name_the_datamodule_keys(overrides, preset, message) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        SRDataModule(degradation="realesrgan", preset=preset, realesrgan=overrides)

@@ -9,8 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
+from yonos.batch import lr_key
 from yonos.cli import run
-from yonos.data import SRDataModule, lr_key
+from yonos.data import SRDataModule
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import copy
+from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
@@ -14,12 +13,12 @@ from torch.testing import assert_close
 from torch.utils.data import DataLoader
 
 from yonos.checkpoints import load_stage_checkpoint
-from yonos.data import validation_seed
 from yonos.degradations import bicubic_downsample
 from yonos.losses import adaptive_gan_weight
 from yonos.metrics import MissingWeightsError, psnr_y
 from yonos.modules import DecoderFinetuneModule
 from yonos.sampling import seeded_noise
+from yonos.seeds import validation_seed
 
 
 def _module(teacher_ckpt: Path, **kwargs) -> DecoderFinetuneModule:

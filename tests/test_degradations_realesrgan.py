@@ -13,7 +13,12 @@ from yonos.degradations.bicubic import bicubic_downsample
 from yonos.degradations.config import DegradationStageConfig, RealESRGANConfig
 from yonos.degradations.kernels import SINC, bivariate_gaussian, circular_lowpass_kernel, identity_kernel, pad_kernel
 from yonos.degradations.ops import add_gaussian_noise, add_poisson_noise, blur, jpeg, usm_sharpen
-from yonos.degradations.realesrgan import RealESRGANParams, apply_realesrgan, realesrgan_target, sample_realesrgan_params
+from yonos.degradations.realesrgan import (
+    RealESRGANParams,
+    apply_realesrgan,
+    realesrgan_target,
+    sample_realesrgan_params,
+)
 
 B = 4
 

@@ -7,15 +7,14 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-
 from torch.testing import assert_close
 
 from yonos import chain
+from yonos import cli as yonos_cli
 from yonos.checkpoints import load_stage_checkpoint
 from yonos.data import SRDataModule
 from yonos.degradations import bicubic_downsample, upsample_to
 from yonos.diffusion import add_noise, predict_x0, sample_timesteps, x0_loss_weight
-from yonos.models import BackboneConfig
 from yonos.modules import ScaleDistillModule, TeacherModule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -280,14 +279,14 @@ def test_chain_resumes_an_interrupted_stage_and_skips_finished_ones(tmp_path: Pa
     (out / "teacher_x2" / "final.ckpt").unlink()
 
     fits = []
-    real_fit = chain._fit
+    real_run = yonos_cli.run
 
-    def recording_fit(arguments, cli_class=None):
-        cli = real_fit(arguments, cli_class)
+    def recording_run(arguments, cli_class=yonos_cli.YonosCLI):
+        cli = real_run(arguments, cli_class)
         fits.append((arguments, cli.trainer.ckpt_path, cli.trainer.global_step))
         return cli
 
-    monkeypatch.setattr(chain, "_fit", recording_fit)
+    monkeypatch.setattr(yonos_cli, "run", recording_run)
     finals = chain.run_chain(configs, out, extra=_tiny_chain_args(tmp_path, sample_data, 4), isolate=False)
     assert list(finals) == ["teacher_x2", "student_x4"]
     (teacher_args, teacher_resumed_from, teacher_steps), (student_args, student_resumed_from, student_steps) = fits

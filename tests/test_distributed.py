@@ -22,7 +22,8 @@ import pytest
 import torch
 
 from yonos.callbacks import GlobalBatchSize, accumulation_steps
-from yonos.cli import main, run as run_cli
+from yonos.cli import main
+from yonos.cli import run as run_cli
 from yonos.data import PaddedEvaluationSampler
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,13 +15,13 @@ from skimage import data as skdata
 
 import yonos.evaluation.models as eval_models
 from yonos.cli import main as cli_main
-from yonos.data import validation_seed
 from yonos.degradations import bicubic_downsample
 from yonos.evaluation import EvalConfig, evaluate
 from yonos.evaluation.data import load_eval_set
 from yonos.evaluation.scoring import folder_fid
 from yonos.images import read_rgb, save_image_atomic
 from yonos.metrics import MissingWeightsError, build_fid, build_iqa_metric
+from yonos.seeds import validation_seed
 
 PHOTOS = ("astronaut", "coffee", "chelsea")
 

@@ -189,7 +189,7 @@ def test_evaluate_scores_one_channel_hr_files_by_the_convention(tmp_path: Path):
 
 
 def test_cli_options_reach_the_config():
-    from yonos.evaluate import config_from_args
+    from yonos.evaluation.command import config_from_args
 
     config = config_from_args(
         ["--model", "bicubic", "--model", "lanczos", "--data", "d", "--out", "o", "--fid-mode", "legacy",

@@ -8,7 +8,6 @@ Frozen weights are checked bit for bit against what the stage loaded (EMA on, as
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -16,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from diffusers import PNDMScheduler
-
 from conftest import tiny_unet
+from diffusers import PNDMScheduler
 from test_data import decompression_bomb_png
+
 from yonos import chain
 from yonos.base import write_model_index
 from yonos.callbacks import PreemptionCheckpoint, TrainableEMA

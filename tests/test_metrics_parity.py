@@ -7,7 +7,6 @@ compare against BasicSR 1.4.2 and pyiqa themselves when they are installed (skip
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch

@@ -17,9 +17,9 @@ from PIL import Image
 
 from yonos.colorfix import COLOR_FIX_MODES, adain_color_fix, apply_color_fix, wavelet_color_fix, wavelet_decompose
 from yonos.diffusion import make_scheduler
-from yonos.sampling import sample_with_noise, sample_with_seeds
 from yonos.models import LatentCodec, SRDenoiser
 from yonos.pipeline import NonFiniteOutputError, YonosSRPipeline
+from yonos.sampling import sample_with_noise, sample_with_seeds
 from yonos.tiling import tiled_map
 
 

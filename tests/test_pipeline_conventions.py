@@ -25,9 +25,9 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from PIL import Image
 
 from yonos.diffusion import make_scheduler
-from yonos.sampling import sample_with_seeds
 from yonos.models import LatentCodec, SRDenoiser
 from yonos.pipeline import YonosSRPipeline
+from yonos.sampling import sample_with_seeds
 
 
 def tiny_pipeline(scale: int = 2) -> YonosSRPipeline:

@@ -7,8 +7,8 @@ import torch
 from torch.testing import assert_close
 
 from yonos.diffusion import ddim_sample, make_scheduler
-from yonos.sampling import randn, sample_with_noise, sample_with_seeds, seeded_noise, super_resolve
 from yonos.models import LatentCodec, SRDenoiser
+from yonos.sampling import randn, sample_with_noise, sample_with_seeds, seeded_noise, super_resolve
 
 
 def _fake_network(z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

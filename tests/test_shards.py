@@ -21,8 +21,8 @@ import torch
 
 litdata = pytest.importorskip("litdata", reason="the cluster extra (litdata) is not installed")
 
+from yonos.batch import crop_hr  # noqa: E402
 from yonos.cli import main  # noqa: E402
-from yonos.data import crop_hr  # noqa: E402
 from yonos.shards import open_shards, read_index, shard_loader, write_shards  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

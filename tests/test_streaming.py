@@ -13,9 +13,9 @@ from torch import nn
 import yonos.sampling
 from yonos.colorfix import COLOR_FIX_MODES, ColorFixRows, apply_color_fix
 from yonos.diffusion import make_scheduler
-from yonos.sampling import sample_with_seeds
 from yonos.models import LatentCodec, SRDenoiser
 from yonos.pipeline import YonosSRPipeline
+from yonos.sampling import sample_with_seeds
 from yonos.tile_norm import record_stats, sample_tiles, shared_stats
 from yonos.tiling import tile_starts, tiled_map, tiled_rows
 

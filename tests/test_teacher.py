@@ -8,13 +8,10 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from torch.utils.data import DataLoader
-
-from yonos.data import SRDataModule
-from yonos.degradations import bicubic_downsample
 from torch.testing import assert_close
 
-from yonos.degradations import upsample_to
+from yonos.data import SRDataModule
+from yonos.degradations import bicubic_downsample, upsample_to
 from yonos.diffusion import add_noise, predict_x0, sample_timesteps
 from yonos.losses import weighted_x0_loss
 from yonos.models import BackboneConfig

@@ -8,18 +8,17 @@ a downloaded SD folder. Written under a temporary name and renamed into place: a
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import diffusers
 import torch
 from diffusers import DDIMScheduler, UNet2DConditionModel
 
+from yonos.commands import command_parser, parse
 from yonos.diffusion import SD_SCHEDULER_CONFIG
+from yonos.files import atomic_folder
 from yonos.models import UNET_PRESETS, LatentCodec
 
 MODEL_INDEX = {
@@ -76,8 +75,6 @@ def tiny_unet_init(latent_size: int, seed: int, preset: str = "tiny") -> UNet2DC
 
 def write_base(codec_ckpt: str | Path, out: str | Path, seed: int = 0, overwrite: bool = False, unet_preset: str = "tiny") -> Path:
     """Write the SD-layout folder for ``codec_ckpt`` to ``out``; refuses a non-empty ``out`` unless ``overwrite``."""
-    from yonos.export import _move_into_place
-
     out = Path(out).expanduser()
     if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"--out {out} exists and is not empty; pass --overwrite to replace it")
@@ -85,29 +82,23 @@ def write_base(codec_ckpt: str | Path, out: str | Path, seed: int = 0, overwrite
     latent_size = int(codec.vae.config.sample_size) // codec.downsample_factor
     unet = tiny_unet_init(latent_size, seed, unet_preset)
     scheduler = DDIMScheduler(**SD_SCHEDULER_CONFIG, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.base-", dir=out.parent))
-    try:
+    with atomic_folder(out) as staging:
         codec.vae.save_pretrained(staging / "vae")
         unet.save_pretrained(staging / "unet")
         scheduler.save_pretrained(staging / "scheduler")
         write_model_index(staging)
-        _move_into_place(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
 
 
 def main(argv: list[str]) -> None:
     """Entry point of ``yonos make-base``."""
-    parser = argparse.ArgumentParser(prog="yonos make-base", description=__doc__)
+    parser = command_parser("yonos make-base", __doc__)
     parser.add_argument("--codec-ckpt", required=True, help="a CodecModule checkpoint (yonos fit -c experiments/tiny/codec.yaml)")
     parser.add_argument("--out", required=True, help="the SD-layout folder to write")
     parser.add_argument("--seed", type=int, default=0, help="seed of the UNet's random initialisation")
     parser.add_argument("--unet-preset", default="tiny", help="UNet architecture preset (yonos.models.UNET_PRESETS)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out when it is not empty")
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     try:
         out = write_base(args.codec_ckpt, args.out, args.seed, args.overwrite, args.unet_preset)
     except (FileExistsError, FileNotFoundError, ValueError) as err:

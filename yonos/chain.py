@@ -16,7 +16,6 @@ Overrides after ``--`` go to every stage; after ``--stage NAME`` they go to that
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import subprocess
@@ -27,6 +26,9 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
+
+from yonos.commands import command_parser, parse
+from yonos.files import publish
 
 FINAL = "final.ckpt"
 ALL_STAGES = "all"
@@ -116,13 +118,6 @@ def split_overrides(extra: list[str], stage_names: list[str]) -> tuple[list[str]
     return common, per_stage
 
 
-def _fit(arguments: list[str], cli_class: type | None = None):
-    from yonos.cli import YonosCLI, run
-
-    # sys.argv is left alone: under DDP, Lightning starts the other ranks with it (this stage process's command).
-    return run(arguments, cli_class=cli_class or YonosCLI)
-
-
 def _handoff_cli(handoff: Literal["last", "best"]) -> type:
     """The CLI of a chain stage: ``yonos fit`` that refuses ``--handoff best`` without a monitored metric before
     training starts."""
@@ -152,13 +147,16 @@ def fit_and_publish(arguments: list[str], final: Path, handoff: Literal["last", 
     Returns False (nothing published) when the fit was interrupted."""
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    from yonos.cli import run
+
+    # sys.argv is left alone: under DDP, Lightning starts the other ranks with it (this stage process's command).
     try:
-        trainer = _fit(arguments, _handoff_cli(handoff)).trainer
+        trainer = run(arguments, cli_class=_handoff_cli(handoff)).trainer
     except SIGTERMException:  # PreemptionCheckpoint saved last.ckpt and stopped the fit
         return False
     if trainer.interrupted:
         return False
-    temporary = final.with_name(f".{final.name}.tmp")
+    temporary = final.with_name(f".{final.name}.tmp")  # one name every rank knows (not temporary_beside's)
     if handoff == "best":
         best = Path(trainer.checkpoint_callback.best_model_path or "")
         if not best.is_file():
@@ -175,7 +173,7 @@ def fit_and_publish(arguments: list[str], final: Path, handoff: Literal["last", 
         if source != temporary:
             temporary.unlink(missing_ok=True)
             os.link(source, temporary)
-        os.replace(temporary, final)
+        publish(temporary, final)
     return True
 
 
@@ -254,10 +252,9 @@ def run_chain(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="yonos chain",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = command_parser(
+        "yonos chain",
+        __doc__,
         epilog="Arguments after `--` go to every stage's `yonos fit`, e.g. -- --trainer.max_steps=1000; after "
         "`--stage NAME` (teacher_x2, student_x4, student_x8, decoder_x4, ...) to that stage only",
     )
@@ -275,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     if "--" in argv:
         split = argv.index("--")
         argv, extra = argv[:split], argv[split + 1 :]
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     finals = run_chain(args.configs, args.out, args.until, extra, args.handoff, isolate=not args.same_process)
     for name, path in finals.items():
         print(f"  {name:<12} {path}")

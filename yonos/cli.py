@@ -46,7 +46,6 @@ OMP_NUM_THREADS, HF_HUB_OFFLINE=1 on compute nodes without internet.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import sys
@@ -57,7 +56,6 @@ import lightning.pytorch as pl
 from lightning.pytorch.cli import LightningCLI
 
 from yonos.data import SRDataModule
-
 
 SEED_TARGETS = ("data.seed", "model.init_args.seed")
 """The seeds that follow ``seed_everything``: the module's noise stream and validation noise, the data's
@@ -121,18 +119,6 @@ def nulls_as_json(argv: list[str]) -> list[str]:
     return out
 
 
-def _prepare_samples(argv: list[str]) -> None:
-    from yonos.samples import prepare_samples
-
-    parser = argparse.ArgumentParser(prog="yonos prepare-samples", description=prepare_samples.__doc__)
-    parser.add_argument("--out", default="data/samples", help="output folder (default: data/samples)")
-    parser.add_argument("--max-side", type=int, default=512, help="longest image side in pixels")
-    args = parser.parse_args(argv)
-    written = prepare_samples(args.out, args.max_side)
-    for split, paths in written.items():
-        print(f"{split}: {len(paths)} images in {paths[0].parent}")
-
-
 def _lazy(module: str) -> Callable[[list[str]], int | None]:
     """A subcommand whose module is imported only when it runs (keeps `yonos fit` start-up lean)."""
 
@@ -143,13 +129,13 @@ def _lazy(module: str) -> Callable[[list[str]], int | None]:
 
 
 EXTRA_COMMANDS: dict[str, Callable[[list[str]], int | None]] = {
-    "prepare-samples": _prepare_samples,
+    "prepare-samples": _lazy("yonos.samples"),
     "demo": _lazy("yonos.demo"),
     "chain": _lazy("yonos.chain"),
     "export": _lazy("yonos.export"),
     "make-base": _lazy("yonos.base"),
     "upscale": _lazy("yonos.upscale"),
-    "evaluate": _lazy("yonos.evaluate"),
+    "evaluate": _lazy("yonos.evaluation.command"),
     "shard": _lazy("yonos.shards"),
 }
 
@@ -175,6 +161,10 @@ def print_overview() -> None:
     print("commands:")
     for name, summary in COMMAND_SUMMARIES.items():
         print(f"  {name:<16} {summary}")
+    print(
+        "\nfit/validate/test/predict are LightningCLI; every other command takes --config FILE (its options as yaml) and"
+        "\n--print_config (prints them) the same way."
+    )
 
 
 def run(args: list[str] | None = None, cli_class: type[YonosCLI] = YonosCLI) -> YonosCLI | None:

@@ -9,19 +9,20 @@ codec's own ceilings, one step with the original and with the fine-tuned decoder
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
-from unittest import mock
 
 import torch
 
+from yonos.batch import lr_key
 from yonos.chain import run_chain
-from yonos.data import SRDataModule, lr_key, validation_seed
+from yonos.cli import run
+from yonos.commands import command_parser, parse
+from yonos.data import SRDataModule
 from yonos.degradations import bicubic_downsample, upsample_to
 from yonos.images import read_rgb, save_image_atomic
 from yonos.metrics import psnr_y, ssim_y
 from yonos.samples import prepare_samples
+from yonos.seeds import validation_seed
 
 SCALE = 4
 
@@ -31,14 +32,6 @@ TINY_CHAIN = (
     "experiments/tiny/decoder_finetune.yaml",
 )
 INPUT_KEYS = {"student": "teacher_ckpt", "decoder": "denoiser_ckpt"}
-
-
-def _cli(arguments: list[str]):
-    from yonos.cli import run
-
-    # LightningCLI reads these arguments, not the ones `yonos demo` was started with.
-    with mock.patch.object(sys, "argv", sys.argv[:1]):
-        return run(arguments)
 
 
 def _stage_overrides(stage_dir: Path, data_dir: Path) -> list[str]:
@@ -61,7 +54,7 @@ def _validate_stages(finals: dict[str, Path], configs: tuple[str, ...], out: Pat
             arguments.append(f"--model.init_args.{INPUT_KEYS[kind]}={finals[names[position - 1]]}")
         if kind == "decoder":
             arguments.append(f"--data.scales=[{name.rsplit('x', 1)[1]}]")
-        metrics[name] = {key: float(value) for key, value in _cli(arguments).trainer.callback_metrics.items()}
+        metrics[name] = {key: float(value) for key, value in run(arguments).trainer.callback_metrics.items()}
     return metrics
 
 
@@ -160,11 +153,11 @@ def run_demo(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="yonos demo", description=__doc__)
-    parser.add_argument("--data-dir", default="data/samples")
-    parser.add_argument("--out-dir", default="outputs/tiny/chain")
+    parser = command_parser("yonos demo", __doc__)
+    parser.add_argument("--data-dir", default="data/samples", help="the sample photos (written by prepare-samples if absent)")
+    parser.add_argument("--out-dir", default="outputs/tiny/chain", help="root folder of the stages, the pipeline and the images")
     parser.add_argument("--max-steps", type=int, default=None, help="override trainer.max_steps of every stage")
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     result = run_demo(data_dir=args.data_dir, out_dir=args.out_dir, max_steps=args.max_steps)
     print("\nYONOS-SR demo finished (tiny models from the shipped base yonos:tiny-sd, trained here on the CPU).")
     for name, path in result["checkpoints"].items():

@@ -4,21 +4,17 @@ complete. Load it with ``YonosSRPipeline.from_pretrained(DIR)`` (see yonos.pipel
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from yonos.checkpoints import MODEL_CARD_KEY, load_stage_checkpoint
+from yonos.commands import command_parser, parse
+from yonos.files import atomic_folder
+from yonos.model_card import write_model_card
 from yonos.pipeline import YonosSRPipeline
-
-LOAD_HINT = "pip install yonos, then `import yonos` before diffusers' DiffusionPipeline.from_pretrained"
-"""What a folder's user needs: diffusers finds the pipeline class only once yonos has registered it."""
 
 
 def pipeline_from_checkpoint(ckpt: str | Path) -> YonosSRPipeline:
@@ -34,15 +30,9 @@ def export_pipeline(ckpt: str | Path, out: str | Path, overwrite: bool = False) 
     if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"--out {out} exists and is not empty; pass --overwrite to replace it")
     pipeline = pipeline_from_checkpoint(ckpt)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
-    try:
+    with atomic_folder(out) as staging:
         pipeline.save_pretrained(staging)
         write_model_card(staging / "README.md", pipeline, training_record(ckpt))
-        _move_into_place(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
 
 
@@ -65,86 +55,13 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def write_model_card(path: Path, pipeline: YonosSRPipeline, training: dict[str, Any] | None = None) -> None:
-    """A hub-style model card: YAML metadata (library, pipeline tag, tags), how to load, what the folder holds."""
-    scheduler = pipeline.scheduler.config
-    model = (training or {}).get("model") or {}
-    lines = [
-        "---",
-        "library_name: diffusers",
-        "pipeline_tag: image-to-image",
-        "tags:",
-        *[f"- {tag}" for tag in ("yonos", "super-resolution", "image-to-image", "diffusers:YonosSRPipeline")],
-        "---",
-        "",
-        f"# YONOS-SR x{pipeline.config.scale}: one-step diffusion super-resolution",
-        "",
-        "A `YonosSRPipeline` folder written by yonos (diffusers layout, safetensors, no code). Load it with:",
-        "",
-        "```python",
-        "import yonos  # pip install yonos: registers YonosSRPipeline with diffusers",
-        'pipe = yonos.YonosSRPipeline.from_pretrained("PATH_OR_REPO")  # or diffusers.DiffusionPipeline',
-        "```",
-        "",
-        f"Without yonos, diffusers cannot resolve the class `YonosSRPipeline` named in model_index.json: {LOAD_HINT}.",
-        "",
-        "## Model",
-        "",
-        f"- scale: x{pipeline.config.scale}; inference: {1} DDIM step (`num_inference_steps=1`)",
-        f"- parameterisation: {scheduler.prediction_type}; zero-terminal-SNR betas: {scheduler.rescale_betas_zero_snr}",
-        f"- UNet: {pipeline.unet.config.block_out_channels} channels; VAE: {type(pipeline.vae).__name__}",
-    ]
-    if training:
-        backbone = model.get("backbone") or {}
-        lines += [
-            "",
-            "## Training (from the checkpoint)",
-            "",
-            f"- checkpoint: `{training['checkpoint']}`, optimizer steps: {training['global_step']}, "
-            f"epoch: {training['epoch']}",
-            f"- trained scale: x{model.get('scale')}; loss weighting: {model.get('loss_weighting')}",
-            f"- base model: {backbone.get('pretrained') or 'preset ' + str(backbone.get('preset'))}",
-            f"- data: {json.dumps(training['data']) if training['data'] else 'not recorded in the checkpoint'}",
-        ]
-    else:
-        lines += ["", "Training details: not recorded (saved with `save_pretrained`, not `yonos export`)."]
-    path.write_text("\n".join(lines) + "\n")
-
-
-def add_load_hint(index: Path) -> None:
-    """A ``_yonos`` entry in model_index.json saying what loading needs (diffusers ignores keys starting with _)."""
-    config = json.loads(index.read_text())
-    config["_yonos"] = LOAD_HINT
-    index.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-
-def _move_into_place(staging: Path, out: Path) -> None:
-    """Rename ``staging`` to ``out``; an existing ``out`` is set aside first and deleted only once the new one is in."""
-    if not out.exists() and not out.is_symlink():
-        os.replace(staging, out)
-        return
-    if out.is_dir() and not out.is_symlink() and not any(out.iterdir()):
-        out.rmdir()
-        os.replace(staging, out)
-        return
-    previous = Path(tempfile.mkdtemp(prefix=f".{out.name}.previous-", dir=out.parent))
-    os.replace(out, previous / out.name)
-    try:
-        os.replace(staging, out)
-    except BaseException:
-        os.replace(previous / out.name, out)
-        previous.rmdir()
-        raise
-    shutil.rmtree(previous, ignore_errors=True)
-
-
 def main(argv: list[str]) -> None:
     """Entry point of ``yonos export``."""
-    parser = argparse.ArgumentParser(prog="yonos export", description=export_pipeline.__doc__)
+    parser = command_parser("yonos export", export_pipeline.__doc__)
     parser.add_argument("--ckpt", required=True, help="a teacher, distillation or decoder stage checkpoint (.ckpt)")
     parser.add_argument("--out", required=True, help="the pipeline folder to write")
     parser.add_argument("--overwrite", action="store_true", help="replace --out when it is not empty")
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     try:
         out = export_pipeline(args.ckpt, args.out, args.overwrite)
     except (FileExistsError, FileNotFoundError, ValueError) as err:

@@ -9,8 +9,6 @@ band writer of ``yonos upscale``. No training logic here; datasets, prediction w
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -21,7 +19,8 @@ import torch
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 from torch import Tensor
 
-from yonos.png_stream import PNG_SIGNATURE, PngRowWriter, usual_permissions
+from yonos.files import atomic_write
+from yonos.png_stream import PNG_SIGNATURE, PngRowWriter
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -90,16 +89,9 @@ def save_image_atomic(
         with PngRowWriter(path, *array.shape, bit_depth=16) as png:
             png.write(array)
             return png.close(metadata)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(descriptor)
-    try:
+    with atomic_write(path) as temporary:
         pil_image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
         pil_image.save(temporary, **({"pnginfo": _png_text(metadata)} if metadata else {}))
-        usual_permissions(Path(temporary))
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -22,7 +22,7 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from torch import Tensor, nn
 
 from yonos.colorfix import COLOR_FIX_MODES, ColorFix, ColorFixRows
-from yonos.sampling import Generators, padded_size, randn, size_multiple, super_resolve, upsampled_rows
+from yonos.model_card import add_load_hint, write_model_card
 from yonos.models import PROMPT_LENGTH, SRDenoiser
 from yonos.pipeline_io import (  # noqa: F401 - NonFiniteOutputError: part of this module's interface
     AnyLatentCodec,
@@ -36,6 +36,7 @@ from yonos.pipeline_io import (  # noqa: F401 - NonFiniteOutputError: part of th
     to_items,
     vae_compute_dtype,
 )
+from yonos.sampling import Generators, padded_size, randn, size_multiple, super_resolve, upsampled_rows
 from yonos.tile_norm import record_stats, sample_tiles, shared_stats
 from yonos.tiling import tile_grid, tiled_map, tiled_rows
 
@@ -157,8 +158,6 @@ class YonosSRPipeline(DiffusionPipeline):
         """diffusers' ``save_pretrained`` plus a model card (``README.md``) when the folder has none, and a ``_yonos``
         entry in ``model_index.json`` saying what loading the folder needs."""
         super().save_pretrained(save_directory, *args, **kwargs)
-        from yonos.export import add_load_hint, write_model_card
-
         add_load_hint(Path(save_directory) / "model_index.json")
         card = Path(save_directory) / "README.md"
         if not card.exists():

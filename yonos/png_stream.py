@@ -1,5 +1,6 @@
 """A PNG written band by band of rows: the whole image is never in memory, and the file appears complete or not at
-all (a temporary beside the target, renamed into place by :meth:`PngRowWriter.close`; :meth:`abort` deletes it).
+all (a temporary beside the target, renamed into place by :meth:`PngRowWriter.close`, see :mod:`yonos.files`;
+:meth:`abort` deletes it).
 
 Rows are stored with PNG's "Up" filter (each byte minus the byte above; one numpy subtraction per band), which
 compresses photos far better than no filter, and zlib level 6 as Pillow's default. The PNG libraries at hand write
@@ -9,14 +10,14 @@ reader decodes the result (the tests read it back with imagecodecs and Pillow).
 
 from __future__ import annotations
 
-import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 from types import TracebackType
 
 import numpy as np
+
+from yonos.files import publish, temporary_beside
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_COLOUR_TYPE = {1: 0, 3: 2, 2: 4, 4: 6}  # samples per pixel -> PNG colour type (gray, RGB, gray + alpha, RGBA)
@@ -33,8 +34,8 @@ class PngRowWriter:
         self.path, self.height, self.width = Path(path), height, width
         self.channels, self.bit_depth = channels, bit_depth
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".png", dir=self.path.parent)
-        self._file, self._temporary = os.fdopen(descriptor, "wb"), Path(temporary)
+        self._temporary = temporary_beside(self.path)
+        self._file = self._temporary.open("wb")
         self._compressor = zlib.compressobj(6)
         self._previous = np.zeros((1, width * channels * bit_depth // 8), np.uint8)
         self.rows_written = 0
@@ -65,9 +66,7 @@ class PngRowWriter:
             self._file.write(_png_text_chunk(key, value))
         self._file.write(_png_chunk(b"IEND", b""))
         self._file.close()
-        usual_permissions(self._temporary)
-        os.replace(self._temporary, self.path)
-        return self.path
+        return publish(self._temporary, self.path)
 
     def abort(self) -> None:
         """Delete the temporary file; the target is untouched."""
@@ -85,13 +84,6 @@ class PngRowWriter:
     def __exit__(self, kind: type | None, error: BaseException | None, trace: TracebackType | None) -> None:
         if kind is not None or not self._file.closed:
             self.abort()
-
-
-def usual_permissions(path: Path) -> None:
-    """Give a file made by ``tempfile.mkstemp`` (mode 0600) the mode an ordinary ``open`` would have given it."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
 
 
 def _png_text_chunk(key: str, value: str) -> bytes:

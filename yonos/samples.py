@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from yonos.commands import command_parser, parse
 from yonos.images import save_image_atomic
 
 TRAIN_PHOTOS = ("astronaut", "coffee", "hubble_deep_field", "immunohistochemistry", "retina", "rocket", "motorcycle_left")
@@ -69,3 +70,14 @@ def prepare_samples(out_dir: str | Path = "data/samples", max_side: int = 512, c
 def _read(path: Path) -> torch.Tensor:
     with Image.open(path) as image:
         return torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1).float() / 255.0
+
+
+def main(argv: list[str]) -> None:
+    """Entry point of ``yonos prepare-samples``."""
+    parser = command_parser("yonos prepare-samples", prepare_samples.__doc__)
+    parser.add_argument("--out", default="data/samples", help="output folder")
+    parser.add_argument("--max-side", type=int, default=512, help="longest image side in pixels")
+    args = parse(parser, argv)
+    written = prepare_samples(args.out, args.max_side)
+    for split, paths in written.items():
+        print(f"{split}: {len(paths)} images in {paths[0].parent}")

@@ -9,7 +9,6 @@ source folder (``source``). This module does not import :mod:`yonos.data`: the c
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -22,11 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from yonos.commands import command_parser, parse
 from yonos.images import IMAGE_EXTENSIONS, list_images, read_rgb
+from yonos.seeds import crop_generator
 
 REMOTE_SCHEMES = ("s3://", "gs://")
 INSTALL_HINT = 'the LitData engine is not installed: pip install "yonos[cluster]" (litdata, boto3)'
@@ -198,13 +198,6 @@ def _optimize_child(send: Any, options: dict[str, Any]) -> None:
 # Reading.
 
 
-def crop_generator(seed: int, epoch: int, index: int) -> torch.Generator:
-    """The generator of one training crop: a function of (seed, epoch, sample), so crops survive resumes and do
-    not depend on the number of ranks or workers."""
-    entropy = np.random.SeedSequence([seed, epoch, index]).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed(int(entropy[0]) << 32 | int(entropy[1]))
-
-
 try:  # the `cluster` extra; without it this module still imports and names the missing package when used
     from litdata import StreamingDataLoader, StreamingDataset
 except ImportError:
@@ -289,7 +282,7 @@ def open_shards(
 
 def main(argv: list[str] | None = None) -> None:
     """``yonos shard SRC_DIR OUT``: write an image folder as a LitData dataset (folder or s3:// / gs:// URL)."""
-    parser = argparse.ArgumentParser(prog="yonos shard", description=write_shards.__doc__)
+    parser = command_parser("yonos shard", write_shards.__doc__)
     parser.add_argument("src_dir", help="folder of HR images (searched recursively)")
     parser.add_argument("out", help="output folder, or s3://BUCKET/PREFIX (endpoint and credentials: AWS_* variables)")
     parser.add_argument("--chunk-bytes", default="64MB", help="LitData chunk size (default 64MB)")
@@ -297,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keep-order", action="store_true", help="keep the sorted file order (no shuffle)")
     parser.add_argument("--workers", type=int, default=1, help="writer processes (default 1)")
     parser.add_argument("--overwrite", action="store_true", help="replace a complete dataset already at OUT")
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     report = write_shards(
         args.src_dir, args.out, args.chunk_bytes, None if args.keep_order else args.seed, args.workers, args.overwrite
     )

@@ -6,22 +6,23 @@ atomic writes. What happens to the pixels is YonosSRPipeline's.
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from jsonargparse import ArgumentParser
 from torch import Tensor
 from tqdm import tqdm
 
 from yonos.colorfix import COLOR_FIX_MODES
+from yonos.commands import command_parser, parse
 from yonos.images import IMAGE_EXTENSIONS, DecodedImage, read_image
 from yonos.models import resolve_device
-from yonos.sampling import upsampled_rows
 from yonos.pipeline import DEFAULT_TILE_OVERLAP, DEFAULT_TILE_SIZE, YonosSRPipeline
 from yonos.png_stream import PngRowWriter
+from yonos.sampling import upsampled_rows
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601, as Pillow's convert("L")
@@ -151,12 +152,8 @@ def load_pipeline(model: Path, dtype: torch.dtype, device: str | torch.device) -
     return pipe.to(device)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="yonos upscale",
-        description="Super-resolve image files and folders with a pipeline from `yonos export`.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+def _parser() -> ArgumentParser:
+    parser = command_parser("yonos upscale", "Super-resolve image files and folders with a pipeline from `yonos export`.")
     parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders (recursive)")
     parser.add_argument("-o", "--out", required=True, type=Path, help="output folder (PNG files)")
     parser.add_argument("--model", required=True, type=Path, help="a folder written by `yonos export`")
@@ -177,7 +174,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> None:
     """Entry point of ``yonos upscale``; exits 1 when any file failed, 130 when interrupted."""
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     try:
         jobs, problems = plan_jobs(args.inputs, args.out)
     except UnsafeOutputError as err:

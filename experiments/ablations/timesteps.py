@@ -33,8 +33,8 @@ from yonos.images import read_rgb
 from yonos.metrics import psnr_y
 from yonos.modules import TeacherModule
 from yonos.modules.common import encode_fp32
-from yonos.sampling import seeded_noise
 from yonos.samples import prepare_samples
+from yonos.sampling import seeded_noise
 
 ROOT = Path(__file__).resolve().parents[2]
 VARIANTS: dict[str, list[str]] = {

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import shutil
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from yonos.files import atomic_write, write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = (1, 2, 4, 8, 16, 50)
@@ -54,9 +55,8 @@ def fit(config: str, folder: Path, steps: int, seed: int, data: Path, *extra: st
             f"--trainer.default_root_dir={folder}", f"--trainer.logger.init_args.save_dir={folder}",
             f"--data.train_dir={data / 'train'}", f"--data.val_dir={data / 'val_crops'}", *extra,
         )
-        partial = final.with_name(".final.ckpt.partial")
-        shutil.copyfile(folder / "checkpoints" / "last.ckpt", partial)
-        os.replace(partial, final)  # final.ckpt appears only once the run has finished
+        with atomic_write(final) as partial:  # final.ckpt appears only once the run has finished
+            shutil.copyfile(folder / "checkpoints" / "last.ckpt", partial)
     return folder
 
 
@@ -156,9 +156,8 @@ def plot(table, metrics: list[str], path: Path) -> None:
     axes_list[0].legend(fontsize=8)
     figure.suptitle("x4 on held-out crops: scale-distilled vs direct (tiny SD base, CPU)")
     figure.tight_layout()
-    partial = path.with_name(f".{path.name}.partial.png")
-    figure.savefig(partial, dpi=120)
-    os.replace(partial, path)
+    with atomic_write(path) as partial:
+        figure.savefig(partial, dpi=120)
 
 
 def main() -> None:
@@ -177,13 +176,12 @@ def main() -> None:
     metrics = [m for m in args.metrics.split(",") if m in rows[0]]
     table = summarise(rows, metrics)
     args.out.mkdir(parents=True, exist_ok=True)
-    with (args.out / ".sweep.csv.partial").open("w", newline="") as handle:
+    with atomic_write(args.out / "sweep.csv") as partial, partial.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["seed", "model", "steps", *metrics])
         writer.writeheader()
         writer.writerows({key: row[key] for key in ["seed", "model", "steps", *metrics]} for row in rows)
-    os.replace(args.out / ".sweep.csv.partial", args.out / "sweep.csv")
     text = markdown(table, metrics, args.seeds, args)
-    (args.out / "summary.md").write_text(text)
+    write_text_atomic(args.out / "summary.md", text)
     plot(table, metrics, args.out / "fig3.png")
     print(text)
 

@@ -66,7 +66,7 @@ class RankProbe(Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # After a resume the degradation generator is rebuilt at the first draw from this restored state.
-        restored = getattr(trainer.datamodule, "_restored_generator_state", None)
+        restored = trainer.datamodule.stream.state()
         self.record["start"] = self._state(trainer, restored)
         self._dump(trainer)
 
@@ -81,7 +81,7 @@ class RankProbe(Callback):
         if len(self.record["train_batches"]) == 1:
             lr = {key: digest([value]) for key, value in batch.items() if key.startswith("lr_")}
             self.record["first_batch"] = {"hr": digest([batch["hr"]]), "lr": lr}
-            generator = getattr(trainer.datamodule, "_train_generator", None)
+            generator = trainer.datamodule.stream._generator  # built by the first batch's degradation, if any
             if generator is not None:  # the rank's degradation stream: its seed and its next draw
                 copy = torch.Generator(generator.device).set_state(generator.get_state())
                 self.record["degradation"] = {"seed": generator.initial_seed(), "next_draw": torch.rand(4, generator=copy).tolist()}

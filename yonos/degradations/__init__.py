@@ -1,8 +1,8 @@
 """Image degradations that make LR training inputs from HR crops (pure torch + kornia, no Lightning)."""
 
 from yonos.degradations.bicubic import bicubic_downsample, quantize_8bit, upsample_to
-from yonos.degradations.ops import usm_sharpen
 from yonos.degradations.matlab import bicubic_matlab_downsample, bicubic_matlab_upsample, imresize
+from yonos.degradations.ops import usm_sharpen
 from yonos.degradations.realesrgan import (
     PRESETS,
     DegradationStageConfig,

@@ -7,8 +7,8 @@ import torch
 from torch import Tensor
 
 from yonos.degradations.bicubic import bicubic_downsample
-from yonos.degradations.matlab import bicubic_matlab_downsample
 from yonos.degradations.config import RealESRGANConfig
+from yonos.degradations.matlab import bicubic_matlab_downsample
 from yonos.degradations.realesrgan import apply_realesrgan, sample_realesrgan_params
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import InitVar, dataclass, field, fields
 from typing import Any, ClassVar, Literal, get_args
 
 KernelType = Literal["iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso"]
@@ -54,10 +54,12 @@ class DegradationStageConfig:
     """JPEG quality, 0-100."""
 
     yaml_key: ClassVar[str] = "degradation.stage1"
+    key: InitVar[str | None] = None
+    """Where this config lives in the user's yaml (default ``yaml_key``): validation errors name ``key.<field>``."""
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, key: str | None) -> None:
         _coerce_tuples(self)
-        self.validate(self.yaml_key)
+        self.validate(key or self.yaml_key)
 
     def validate(self, key: str) -> None:
         """Raise ValueError naming ``key.<field>`` for the first invalid value."""
@@ -133,26 +135,39 @@ class RealESRGANConfig:
     ``lq = gt``: the sharpened HR when ``use_usm`` and ``usm_target``, else the plain HR)."""
 
     yaml_key: ClassVar[str] = "degradation"
+    key: InitVar[str | None] = None
+    """Where this config lives in the user's yaml (default ``yaml_key``): validation errors name ``key.<field>``."""
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, key: str | None) -> None:
+        key = key or self.yaml_key
         if isinstance(self.stage1, Mapping):
-            self.stage1 = _build(DegradationStageConfig, self.stage1, f"{self.yaml_key}.stage1")
+            self.stage1 = _build(DegradationStageConfig, self.stage1, f"{key}.stage1")
         if isinstance(self.stage2, Mapping):
-            self.stage2 = _build(SecondStageConfig, self.stage2, f"{self.yaml_key}.stage2")
-        _check_probability(f"{self.yaml_key}.final_sinc_prob", self.final_sinc_prob)
-        _check_probability(f"{self.yaml_key}.no_degradation_prob", self.no_degradation_prob)
+            self.stage2 = _build(SecondStageConfig, self.stage2, f"{key}.stage2")
+        _check_probability(f"{key}.final_sinc_prob", self.final_sinc_prob)
+        _check_probability(f"{key}.no_degradation_prob", self.no_degradation_prob)
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> RealESRGANConfig:
-        """Build from a nested dict as parsed from yaml (missing keys keep their defaults)."""
-        return _build(cls, values, cls.yaml_key)
+    def from_dict(cls, values: Mapping[str, Any], key: str | None = None) -> RealESRGANConfig:
+        """Build from a nested dict as parsed from yaml (missing keys keep their defaults); errors name
+        ``key.<field>`` (default ``degradation``)."""
+        return _build(cls, values, key or cls.yaml_key)
 
     @classmethod
-    def from_preset(cls, name: PresetName = "stablesr", overrides: Mapping[str, Any] | None = None) -> RealESRGANConfig:
-        """Build a named preset (``stablesr`` or ``realesrgan``), then apply nested ``overrides``."""
+    def from_preset(
+        cls,
+        name: PresetName = "stablesr",
+        overrides: Mapping[str, Any] | None = None,
+        key: str | None = None,
+        preset_key: str | None = None,
+    ) -> RealESRGANConfig:
+        """Build a named preset (``stablesr`` or ``realesrgan``), then apply nested ``overrides``. Errors name the
+        overrides' keys under ``key`` (default ``degradation``) and the preset as ``preset_key`` (default
+        ``degradation.preset``)."""
         if name not in PRESETS:
-            raise ValueError(f"{cls.yaml_key}.preset: unknown preset {name!r}; choose from {sorted(PRESETS)}")
-        return cls.from_dict(_deep_merge(PRESETS[name], overrides or {}))
+            where = preset_key or f"{cls.yaml_key}.preset"
+            raise ValueError(f"{where}: unknown preset {name!r}; choose from {sorted(PRESETS)}")
+        return cls.from_dict(_deep_merge(PRESETS[name], overrides or {}), key)
 
 
 # Presets as nested dicts (what a yaml file would hold); `stablesr` equals the dataclass defaults. StableSR's
@@ -202,7 +217,7 @@ def _build(cls: type, values: Mapping[str, Any], key: str) -> Any:
         for stage, stage_cls in stage_classes.items():
             if stage in kwargs:
                 kwargs[stage] = _build(stage_cls, kwargs[stage], f"{key}.{stage}")
-    return cls(**kwargs)
+    return cls(**kwargs, key=key)
 
 
 def _deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor
 import torch.nn.functional as F
+from torch import Tensor
 
 # The JPEG standard's example tables (ITU-T T.81, Annex K), rows = vertical frequency.
 _LUMA_TABLE = (

@@ -8,20 +8,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
-from yonos.data import PairedFolderDataset, validation_generator
-from yonos.degradations.batch import degrade_bicubic, degrade_realesrgan
 from yonos.degradations import RealESRGANConfig
+from yonos.degradations.batch import degrade_bicubic, degrade_realesrgan
 from yonos.degradations.config import Degradation, PresetName
+from yonos.files import write_text_atomic
+from yonos.folders import PairedFolderDataset
 from yonos.images import list_images, paired_subfolders, read_rgb, save_image_atomic
+from yonos.seeds import validation_generator
 
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")  # PIL modes of one-channel images
 CACHE_SETTINGS = "settings.json"
@@ -198,8 +199,5 @@ def list_test_names(root: str | Path, scale: int | None, exclude: tuple[Path, ..
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    os.replace(temporary, path)
+    """Write JSON atomically (:func:`yonos.files.atomic_write`)."""
+    write_text_atomic(path, json.dumps(payload, indent=2, default=str) + "\n")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import platform
 import warnings
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ import torch
 
 from yonos.evaluation.data import write_json
 from yonos.evaluation.scoring import lower_is_better, version
+from yonos.files import atomic_write, write_text_atomic
 
 PACKAGES = ("yonos", "torch", "torchvision", "diffusers", "torchmetrics", "torch-fidelity", "lpips", "pyiqa", "numpy", "pillow")
 
@@ -52,22 +52,12 @@ class RunResult:
         }
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-
-
 def write_per_image_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
     """One row per image: name, noise seed, every per-image metric."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with temporary.open("w", newline="") as handle:
+    with atomic_write(path) as temporary, temporary.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows({key: _plain(row[key]) for key in columns} for row in rows)
-    os.replace(temporary, path)
 
 
 def _plain(value: Any) -> Any:
@@ -136,7 +126,7 @@ def write_summary(
     if sweep:
         summary["sweep"] = sweep
     write_json(out / "summary.json", summary)
-    _atomic_text(out / "summary.md", summary_markdown(summary))
+    write_text_atomic(out / "summary.md", summary_markdown(summary))
     return summary
 
 
@@ -178,7 +168,7 @@ def write_sweep(out: Path, runs: list[RunResult], names: list[str]) -> dict[str,
     columns = ["label", "steps", *names]
     write_per_image_csv(out / "sweep.csv", [{"label": r.label, "steps": r.steps, **r.metrics} for r in runs], columns)
     table = results_table([run.as_dict() for run in runs], names)
-    _atomic_text(out / "sweep.md", "# Metric versus DDIM steps\n\n" + table + "\n")
+    write_text_atomic(out / "sweep.md", "# Metric versus DDIM steps\n\n" + table + "\n")
     written = {"csv": str(out / "sweep.csv"), "markdown": str(out / "sweep.md")}
     try:
         plot_sweep(out / "sweep.png", runs, names)
@@ -217,8 +207,6 @@ def plot_sweep(path: Path, runs: list[RunResult], names: list[str]) -> None:
         axis.axis("off")
     axes.flat[0].legend()
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    figure.savefig(temporary, dpi=120)
+    with atomic_write(path) as temporary:
+        figure.savefig(temporary, dpi=120)
     plt.close(figure)
-    os.replace(temporary, path)

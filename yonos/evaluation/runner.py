@@ -14,7 +14,6 @@ from torch import nn
 from tqdm import tqdm
 
 from yonos.colorfix import ColorFix
-from yonos.data import validation_seed
 from yonos.degradations.config import Degradation, PresetName
 from yonos.evaluation.data import EvalSet, hr_is_gray, list_test_names, load_eval_set, read_hr, write_json
 from yonos.evaluation.models import (
@@ -30,6 +29,7 @@ from yonos.evaluation.scoring import DEFAULT_METRICS, MetricOptions, MetricSuite
 from yonos.images import read_rgb, save_image_atomic
 from yonos.metrics import FIDMode, GrayConvention, LPIPSNet, SSIMConvention
 from yonos.models import resolve_device
+from yonos.seeds import validation_seed
 
 RUN_SETTINGS = "run.json"
 

@@ -41,9 +41,11 @@ def version(package: str) -> str:
         return "not installed"
 
 
-def parse_metrics(text: str) -> list[str]:
-    """``psnr,ssim,...`` or ``all`` -> the metric names, validated."""
-    names = list(METRICS) if text.strip() == "all" else [n.strip().lower() for n in text.split(",") if n.strip()]
+def parse_metrics(text: str | list[str]) -> list[str]:
+    """``psnr,ssim,...`` or ``all`` (or a list of names, as a config file gives them) -> the metric names, validated."""
+    if isinstance(text, str):
+        text = list(METRICS) if text.strip() == "all" else text.split(",")
+    names = [n.strip().lower() for n in text if n.strip()]
     unknown = [n for n in names if n not in METRICS]
     if unknown or not names:
         raise ValueError(f"--metrics: unknown {unknown or 'empty list'}; choose from {', '.join(METRICS)} or 'all'")

@@ -17,11 +17,12 @@ from diffusers import AutoencoderKL
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
-from yonos.data import SRBatch, lr_key
+from yonos.batch import SRBatch, lr_key
 from yonos.degradations import upsample_to
-from yonos.models import LatentCodec, build_codec, BackboneConfig
-from yonos.modules.common import TrainingStream, configure_optimizer, shared
+from yonos.models import BackboneConfig, LatentCodec, build_codec
+from yonos.modules.common import configure_optimizer, shared
 from yonos.modules.validation import SRMetrics, log_image_grid
+from yonos.seeds import TrainingStream
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Building blocks the stage modules share by composition: the training RNG stream, optimiser construction,
+"""Building blocks the stage modules share by composition: optimiser construction,
 FSDP sharding of the trainable networks, the check of the scales a stage needs. No LightningModule here (checkpoint
 I/O of the stages lives in yonos.checkpoints)."""
 
@@ -20,33 +20,6 @@ def encode_fp32(codec: LatentCodec, images: Tensor) -> Tensor:
     autocast (as the pipeline keeps the VAE in fp32), so z_hr, z_lr and everything built from them stay fp32."""
     with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
         return codec.encode(images.float()).float()
-
-
-class TrainingStream:
-    """A rank's stream of timesteps and noise: seeded ``seed + rank`` on the module's device, saved in checkpoints
-    so that a resumed run continues the same stream."""
-
-    CHECKPOINT_KEY = "yonos_generator_state"
-
-    def __init__(self, seed: int) -> None:
-        self.seed = seed
-        self._generator: torch.Generator | None = None
-        self._restored: Tensor | None = None
-
-    def generator(self, device: torch.device, rank: int) -> torch.Generator:
-        if self._generator is None or self._generator.device != device:
-            self._generator = torch.Generator(device=device).manual_seed(self.seed + rank)
-            if self._restored is not None:
-                self._generator.set_state(self._restored)
-                self._restored = None
-        return self._generator
-
-    def save(self, checkpoint: dict[str, Any]) -> None:
-        if self._generator is not None:
-            checkpoint[self.CHECKPOINT_KEY] = self._generator.get_state()
-
-    def load(self, checkpoint: dict[str, Any]) -> None:
-        self._restored = checkpoint.get(self.CHECKPOINT_KEY)
 
 
 # The stage modules override configure_model only to shard under ModelParallelStrategy, where they refuse EMA

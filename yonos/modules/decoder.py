@@ -18,11 +18,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from yonos.data import SRBatch, lr_key, validation_seed
-from yonos.degradations import upsample_to
-from yonos.losses import adaptive_gan_weight, hinge_discriminator_loss, hinge_generator_loss
-from yonos.metrics import LPIPSNet, build_lpips, lpips_distance
-from yonos.models import PatchDiscriminator
+from yonos.batch import SRBatch, lr_key
 from yonos.checkpoints import (
     MODEL_CARD_KEY,
     StageCheckpoint,
@@ -30,9 +26,14 @@ from yonos.checkpoints import (
     drop_submodule_state,
     restore_submodule_state,
 )
-from yonos.modules.common import TrainingStream, check_scales_available, configure_optimizer, encode_fp32, shard_trainable, shared
+from yonos.degradations import upsample_to
+from yonos.losses import adaptive_gan_weight, hinge_discriminator_loss, hinge_generator_loss
+from yonos.metrics import LPIPSNet, build_lpips, lpips_distance
+from yonos.models import PatchDiscriminator
+from yonos.modules.common import check_scales_available, configure_optimizer, encode_fp32, shard_trainable, shared
 from yonos.modules.validation import LPIPSChoice, SRMetrics, log_image_grid
 from yonos.sampling import Noise, randn, seeded_noise, super_resolve
+from yonos.seeds import TrainingStream, validation_seed
 
 
 class DecoderFinetuneModule(pl.LightningModule):

@@ -14,11 +14,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
-from yonos.data import SRBatch, lr_key
-from yonos.degradations import upsample_to
-from yonos.diffusion import LossWeighting, add_noise, sample_timesteps
-from yonos.sampling import sample_with_seeds
-from yonos.losses import distillation_loss
+from yonos.batch import SRBatch, lr_key
 from yonos.checkpoints import (
     MODEL_CARD_KEY,
     StageCheckpoint,
@@ -26,8 +22,13 @@ from yonos.checkpoints import (
     drop_submodule_state,
     restore_submodule_state,
 )
-from yonos.modules.common import TrainingStream, check_scales_available, configure_optimizer, encode_fp32, shard_trainable, shared
+from yonos.degradations import upsample_to
+from yonos.diffusion import LossWeighting, add_noise, sample_timesteps
+from yonos.losses import distillation_loss
+from yonos.modules.common import check_scales_available, configure_optimizer, encode_fp32, shard_trainable, shared
 from yonos.modules.validation import LPIPSChoice, SRValidation
+from yonos.sampling import sample_with_seeds
+from yonos.seeds import TrainingStream
 
 
 def check_scale_rule(teacher_scale: int, student_scale: int) -> None:

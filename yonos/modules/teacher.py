@@ -16,7 +16,8 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
-from yonos.data import SRBatch, lr_key
+from yonos.batch import SRBatch, lr_key
+from yonos.checkpoints import MODEL_CARD_KEY, model_card
 from yonos.degradations import upsample_to
 from yonos.diffusion import (
     LossWeighting,
@@ -26,12 +27,9 @@ from yonos.diffusion import (
     parameterisation_mismatch,
     sample_timesteps,
 )
-from yonos.sampling import sample_with_seeds
 from yonos.losses import denoising_loss
 from yonos.models import BackboneConfig, build_codec, build_denoiser, scheduler_source
-from yonos.checkpoints import MODEL_CARD_KEY, model_card
 from yonos.modules.common import (
-    TrainingStream,
     check_scales_available,
     configure_optimizer,
     encode_fp32,
@@ -39,6 +37,8 @@ from yonos.modules.common import (
     shared,
 )
 from yonos.modules.validation import LPIPSChoice, SRValidation
+from yonos.sampling import sample_with_seeds
+from yonos.seeds import TrainingStream
 
 
 class TeacherModule(pl.LightningModule):

@@ -11,9 +11,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from yonos.data import SRBatch, lr_key, validation_seed
+from yonos.batch import SRBatch, lr_key
 from yonos.degradations import upsample_to
 from yonos.metrics import build_lpips, lpips_distance, psnr_y, ssim_y
+from yonos.seeds import validation_seed
 
 LPIPSChoice = Literal["alex", "vgg", "none"]
 

@@ -21,10 +21,12 @@ The metric code is ``yonos.metrics``; the loop and reports are ``yonos.evaluatio
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import get_args
 
+from jsonargparse import ArgumentParser
+
+from yonos.commands import OptionError, command_parser, parse
 from yonos.degradations.config import PresetName
 from yonos.evaluation.data import Degradation
 from yonos.evaluation.models import ColorFix
@@ -33,36 +35,45 @@ from yonos.evaluation.scoring import DEFAULT_METRICS, METRICS, parse_metrics
 from yonos.metrics import FIDMode, GrayConvention, MissingWeightsError
 
 
-def _steps(text: str) -> list[int]:
+def _steps(text: str | list[int]) -> list[int]:
+    """``1,2,4`` (or a list of integers, as a config file gives them) -> the step counts, validated."""
+    parts = text.split(",") if isinstance(text, str) else text
     try:
-        steps = [int(part) for part in text.split(",") if part.strip()]
+        steps = [int(part) for part in parts if str(part).strip()]
     except ValueError as err:
-        raise argparse.ArgumentTypeError(f"--steps takes comma-separated integers, got {text!r}") from err
+        raise OptionError(f"--steps takes comma-separated integers, got {text!r}") from err
     if not steps or any(n < 1 for n in steps):
-        raise argparse.ArgumentTypeError(f"--steps takes positive integers, got {text!r}")
+        raise OptionError(f"--steps takes positive integers, got {text!r}")
     return list(dict.fromkeys(steps))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``yonos evaluate`` argument parser."""
-    parser = argparse.ArgumentParser(
-        prog="yonos evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def _metrics(text: str | list[str]) -> list[str]:
+    try:
+        return parse_metrics(text)
+    except ValueError as err:
+        raise OptionError(str(err)) from err
+
+
+def build_parser() -> ArgumentParser:
+    """The ``yonos evaluate`` argument parser: one option per :class:`EvalConfig` field (``--model`` and ``--label``
+    are repeated and fill ``models`` and ``labels``)."""
+    parser = command_parser("yonos evaluate", __doc__)
     add = parser.add_argument
     add(
         "--model",
         action="append",
+        dest="models",
         required=True,
         help="stage checkpoint (.ckpt), pipeline folder (model_index.json), folder of SR images named like the test "
         "images (scored as they are), or a baseline: bicubic (MATLAB imresize) or lanczos; repeat to compare",
     )
-    add("--label", action="append", help="name of each --model in tables and plots (default: its file name)")
+    add("--label", action="append", dest="labels", help="name of each --model in tables and plots (default: its file name)")
     add("--data", required=True, help="paired folder (gt/+lq/ or hr/+lr/) or HR-only folder of images")
     add("--out", required=True, help="results folder (SR images, CSV, summary.json/.md, sweep table and plot)")
     add(
         "--metrics",
         default=",".join(DEFAULT_METRICS),
-        type=parse_metrics,
+        type=_metrics,
         help=f"comma-separated from {', '.join(METRICS)}, or 'all'",
     )
     add("--steps", default=[1], type=_steps, help="DDIM step counts, e.g. 1 or 1,2,4,8,16,50,200 (a sweep writes sweep.png)")
@@ -109,30 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(argv: list[str]) -> EvalConfig:
     """Parse the command line into an :class:`EvalConfig`."""
-    args = build_parser().parse_args(argv)
-    return EvalConfig(
-        models=args.model,
-        data=args.data,
-        out=args.out,
-        labels=args.label,
-        metrics=args.metrics,
-        steps=args.steps,
-        seed=args.seed,
-        color_fix=args.color_fix,
-        crop_border=args.crop_border,
-        scale=args.scale,
-        degradation=args.degradation,
-        preset=args.preset,
-        degradation_seed=args.degradation_seed,
-        lr_cache=args.lr_cache,
-        lpips_net=args.lpips_net,
-        random_lpips_backbone=args.random_lpips_backbone,
-        ssim_convention=args.ssim_convention,
-        fid_mode=args.fid_mode,
-        gray_convention=args.gray_convention,
-        skip_unavailable=args.skip_unavailable,
-        device=args.device,
-    )
+    return EvalConfig(**vars(parse(build_parser(), argv)))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -194,6 +194,3 @@ def main(args: list[str] | None = None) -> None:
     """Entry point of ``yonos`` / ``python -m yonos`` (the console script exits with what this returns: None = 0)."""
     run(args)
 
-
-if __name__ == "__main__":
-    main()

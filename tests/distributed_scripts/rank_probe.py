@@ -16,6 +16,8 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, WeightAveraging
 
+from yonos.files import write_text_atomic
+
 
 def digest(tensors: list[torch.Tensor]) -> str:
     """sha256 of the tensors' bytes (local shards for DTensors)."""
@@ -44,7 +46,7 @@ class RankProbe(Callback):
     def _dump(self, trainer: pl.Trainer) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / f"{trainer.state.fn.value}-rank{trainer.global_rank}.json"
-        path.write_text(json.dumps(self.record, indent=1))
+        write_text_atomic(path, json.dumps(self.record, indent=1))  # whole even when the run is SIGKILLed mid-write
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.record.update(
@@ -74,7 +76,7 @@ class RankProbe(Callback):
         generator_state = trainer.datamodule.state_dict().get("train_generator_state") if trainer.datamodule else None
         saved = self._state(trainer, generator_state)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / f"saved-step{trainer.global_step}-rank{trainer.global_rank}.json").write_text(json.dumps(saved))
+        write_text_atomic(self.out_dir / f"saved-step{trainer.global_step}-rank{trainer.global_rank}.json", json.dumps(saved))
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         self.record["train_batches"].append([int(i) for i in batch["index"]])

@@ -92,7 +92,8 @@ def read_sweeps(sweeps: dict[int, Path]) -> list[dict[str, object]]:
         with path.open() as handle:
             for row in csv.DictReader(handle):
                 metrics = {key: float(value) for key, value in row.items() if key not in ("label", "steps") and value}
-                rows.append({"seed": seed, "model": row["label"], "steps": int(row["steps"]), **metrics})
+                steps = int(row["steps"]) if row["steps"] else STEPS[0]  # bicubic has no steps: filed under the first
+                rows.append({"seed": seed, "model": row["label"], "steps": steps, **metrics})
     return rows
 
 

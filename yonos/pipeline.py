@@ -9,7 +9,7 @@ device memory hold the latents plus one band, whatever the image size. File hand
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,25 +17,25 @@ import diffusers
 import torch
 from diffusers import DDIMScheduler, DiffusionPipeline, ModelMixin, UNet2DConditionModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from torch import Tensor, nn
 
 from yonos.colorfix import COLOR_FIX_MODES, ColorFix, ColorFixRows
 from yonos.model_card import add_load_hint, write_model_card
-from yonos.models import PROMPT_LENGTH, SRDenoiser
+from yonos.models import SRDenoiser
 from yonos.pipeline_io import (  # noqa: F401 - NonFiniteOutputError: part of this module's interface
     AnyLatentCodec,
     CastCodec,
     ImageInput,
     NonFiniteOutputError,
     OutputBuffer,
+    YonosSROutput,
     check_finite,
     same_size_batches,
     stack_outputs,
     to_items,
     vae_compute_dtype,
 )
+from yonos.prompt_embedding import PromptEmbedding  # folders exported before it moved name yonos.pipeline
 from yonos.sampling import Generators, padded_size, randn, size_multiple, super_resolve, upsampled_rows
 from yonos.tile_norm import record_stats, sample_tiles, shared_stats
 from yonos.tiling import tile_grid, tiled_map, tiled_rows
@@ -52,33 +52,6 @@ DEFAULT_TILE_OVERLAP = 128
 
 STAT_TILES = 16
 """Tiles whose GroupNorm statistics are pooled for ``tile_norm="shared"`` (spread over the image; all when fewer)."""
-
-
-class PromptEmbedding(ModelMixin, ConfigMixin):
-    """The stored empty-prompt embedding (1, 77, D) as a pipeline component, saved in ``prompt_embedding/``."""
-
-    @register_to_config
-    def __init__(self, sequence_length: int = PROMPT_LENGTH, embedding_dim: int = 1024) -> None:
-        super().__init__()
-        self.prompt_embeds = nn.Parameter(torch.zeros(1, sequence_length, embedding_dim), requires_grad=False)
-
-    @classmethod
-    def from_tensor(cls, prompt_embeds: Tensor) -> PromptEmbedding:
-        module = cls(sequence_length=prompt_embeds.shape[1], embedding_dim=prompt_embeds.shape[2])
-        with torch.no_grad():
-            module.prompt_embeds.copy_(prompt_embeds.detach())
-        return module
-
-
-@dataclass
-class YonosSROutput(ImagePipelineOutput):
-    """What the pipeline returns: diffusers' ``ImagePipelineOutput`` plus the settings that made the images."""
-
-    images: Any
-    """PIL images, a (B, 3, H, W) tensor or a (B, H, W, 3) array in [0, 1] (lists of them when sizes differ), or
-    the (B, 4, h, w) latents for ``output_type="latent"``."""
-    metadata: dict[str, str] = field(default_factory=dict)
-    """The settings that made the images (scale, steps, colour fix, tiling, precision), for PNG text chunks."""
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,14 @@ negative value (the rule of diffusers' ``VaeImageProcessor``); uint8 / uint16 ar
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import PIL.Image
 import torch
 from diffusers import AutoencoderKL
+from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from torch import Tensor, nn
 
 from yonos.images import decode_pil, rgb8
@@ -235,3 +237,14 @@ class CastCodec:
         if self._weights is None:
             return getattr(self.codec, method)(x)
         return torch.func.functional_call(self._dispatch, self._weights, (method, x))
+
+
+@dataclass
+class YonosSROutput(ImagePipelineOutput):
+    """What the pipeline returns: diffusers' ``ImagePipelineOutput`` plus the settings that made the images."""
+
+    images: Any
+    """PIL images, a (B, 3, H, W) tensor or a (B, H, W, 3) array in [0, 1] (lists of them when sizes differ), or
+    the (B, 4, h, w) latents for ``output_type="latent"``."""
+    metadata: dict[str, str] = field(default_factory=dict)
+    """The settings that made the images (scale, steps, colour fix, tiling, precision), for PNG text chunks."""

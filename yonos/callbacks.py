@@ -1,5 +1,6 @@
 """Lightning callbacks configured from yaml: writing predicted SR images, a global batch size that does not change
-with the number of devices, a checkpoint on SIGTERM (preemption), and EMA of the trainable weights only."""
+with the number of devices, a checkpoint on SIGTERM (preemption), and EMA of the trainable weights only; and the
+train-mode check that ``yonos.cli`` adds to every run."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, EMAWeightAveraging, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
@@ -152,9 +153,54 @@ class PreemptionCheckpoint(Callback):
         path = self.checkpoint_path(trainer)
         if trainer.is_global_zero and path.is_symlink():
             path.unlink()  # ModelCheckpoint(save_last="link"): do not write through the link into a step checkpoint
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # the full state: the run resumes from it
         rank_zero_info(f"SIGTERM: saved {path} at step {trainer.global_step}; resume with --ckpt_path last")
         raise SIGTERMException
+
+
+def _mode_dependent(module: nn.Module) -> bool:
+    """Whether train and eval mode compute differently in ``module`` itself: dropout with p > 0, batch / instance
+    norm with running statistics. (Linear, conv, group and layer norm compute the same in both modes.)"""
+    if isinstance(module, nn.modules.dropout._DropoutNd):
+        return module.p > 0
+    if isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)):
+        return module.track_running_stats
+    return False
+
+
+class TrainModeCheck(Callback):
+    """Warns when training starts with a part being trained in eval mode where that changes what it computes:
+    dropout (p > 0) or batch-norm statistics in eval mode inside a module with trainable parameters (usually a
+    forgotten ``.train()``; diffusers' ``from_pretrained`` returns models in eval mode, and Lightning keeps the
+    modes it finds).
+
+    It replaces Lightning's "Found N module(s) in eval mode at the start of training" warning, which ``yonos.cli``
+    keeps off the console: yonos modules keep their frozen parts (the VAE, the teacher UNet, metric networks) in
+    eval mode on purpose (their ``train()`` overrides), so that warning fired on every run and said nothing.
+    ``yonos.cli`` adds this callback to every Trainer it builds."""
+
+    @staticmethod
+    def offending(pl_module: nn.Module) -> list[str]:
+        """Names of the mode-dependent modules in eval mode whose parent module trains."""
+        modules = dict(pl_module.named_modules())
+        names = []
+        for name, module in modules.items():
+            if module.training or not _mode_dependent(module):
+                continue
+            parent = modules.get(name.rpartition(".")[0], pl_module)
+            if any(p.requires_grad for p in parent.parameters()):
+                names.append(name)
+        return names
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        names = self.offending(pl_module)
+        if names:
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            rank_zero_warn(
+                f"{len(names)} dropout / batch-norm module(s) of trained parts are in eval mode as training starts "
+                f"({shown}): they train as in inference (no dropout, frozen statistics). Put them in train mode "
+                "(e.g. in the LightningModule's __init__ or train())."
+            )
 
 
 class TrainableEMA(EMAWeightAveraging):

@@ -147,11 +147,13 @@ def fit_and_publish(arguments: list[str], final: Path, handoff: Literal["last", 
     Returns False (nothing published) when the fit was interrupted."""
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from yonos.cli import run
+    from yonos.cli import quiet_on_console, run
 
     # sys.argv is left alone: under DDP, Lightning starts the other ranks with it (this stage process's command).
+    # `--ckpt_path=last` resumes an interrupted stage; on a stage's first run there is no last.ckpt, as expected.
     try:
-        trainer = run(arguments, cli_class=_handoff_cli(handoff)).trainer
+        with quiet_on_console(r'ckpt_path="last"\) is set, but there is no last checkpoint available'):
+            trainer = run(arguments, cli_class=_handoff_cli(handoff)).trainer
     except SIGTERMException:  # PreemptionCheckpoint saved last.ckpt and stopped the fit
         return False
     if trainer.interrupted:
@@ -163,7 +165,7 @@ def fit_and_publish(arguments: list[str], final: Path, handoff: Literal["last", 
             raise FileNotFoundError(f"{final.parent.name}: no best checkpoint was saved ({best}); nothing to hand on")
         source = best
     else:
-        trainer.save_checkpoint(temporary)  # every rank takes part; rank 0 writes
+        trainer.save_checkpoint(temporary, weights_only=False)  # every rank takes part; rank 0 writes
         source = temporary
     if trainer.is_global_zero:
         if handoff == "last" and _saved_step(source) != trainer.global_step:

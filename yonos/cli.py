@@ -46,14 +46,20 @@ OMP_NUM_THREADS, HF_HUB_OFFLINE=1 on compute nodes without internet.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
+import logging
+import os
+import re
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import lightning.pytorch as pl
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from yonos.data import SRDataModule
 
@@ -66,6 +72,107 @@ def _linked_seed(seed_everything: bool | int | None) -> int:
     """The module and data seed for a ``seed_everything`` value (True is replaced by the chosen seed before
     instantiation, see ``YonosCLI.before_instantiate_classes``; False seeds nothing globally and uses 0)."""
     return seed_everything if isinstance(seed_everything, int) and not isinstance(seed_everything, bool) else 0
+
+
+CONSOLE_LOG = "console.log"
+"""Every Lightning log line and warning of a run, including those kept off the console, appended to
+``<trainer.default_root_dir>/console.log`` (rank 0)."""
+
+QUIET_ON_CONSOLE: list[str] = [
+    # Lightning's device report, repeated by every Trainer; the progress bar says where it runs.
+    r"^GPU available: ", r"^TPU available: ", r"^HPU available: ",
+    # Lightning's advertisements for its cloud products (litlogger, litmodels).
+    r"^💡 Tip: ",
+    # torch >= 2.10 deprecates LeafSpec, which Lightning's own pytree helper still uses: nothing a user can change.
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    # yonos modules keep their frozen parts (VAE, teacher UNet, metric networks) in eval mode on purpose;
+    # yonos.callbacks.TrainModeCheck warns instead when eval mode changes what a trained part computes.
+    r"^Found \d+ module\(s\) in eval mode at the start of training",
+]
+"""Regular expressions (``re.search``) of log messages and warnings shown in the run's console.log only."""
+
+_extra_quiet: list[re.Pattern[str]] = []
+
+
+def _is_quiet(message: str) -> bool:
+    return any(re.search(p, message) for p in QUIET_ON_CONSOLE) or any(p.search(message) for p in _extra_quiet)
+
+
+@contextlib.contextmanager
+def quiet_on_console(*patterns: str) -> Iterator[None]:
+    """Keep messages matching ``patterns`` off the console (they still reach console.log) inside the block."""
+    compiled = [re.compile(p) for p in patterns]
+    _extra_quiet.extend(compiled)
+    try:
+        yield
+    finally:
+        for pattern in compiled:
+            _extra_quiet.remove(pattern)
+
+
+class _ConsoleFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _is_quiet(record.getMessage())
+
+
+_LOGGERS = ("lightning.pytorch", "lightning.fabric")  # each has its own console handler unless the root has one
+_run_logs: list[logging.FileHandler] = []  # the console.log of the run in progress
+
+
+def _showwarning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    if _run_logs:
+        text = warnings.formatwarning(message, category, filename, lineno, line).rstrip()
+        record = logging.makeLogRecord(
+            {"name": "py.warnings", "levelno": logging.WARNING, "levelname": "WARNING", "msg": text}
+        )
+        for handler in _run_logs:
+            handler.handle(record)
+    if not _is_quiet(str(message)):
+        _showwarning.previous(message, category, filename, lineno, file, line)  # type: ignore[attr-defined]
+
+
+def quiet_console() -> None:
+    """Keep the messages of :data:`QUIET_ON_CONSOLE` off the console: a filter on the console handlers of
+    Lightning's loggers (or the root logger's, where Lightning logs through it), and a ``warnings.showwarning`` that
+    drops them after writing every warning to the run's console.log. Idempotent; errors and every other warning
+    are shown as before."""
+    handlers = [h for name in _LOGGERS for h in logging.getLogger(name).handlers]
+    handlers += [h for h in logging.getLogger().handlers if type(h) is logging.StreamHandler]
+    for handler in handlers:
+        filtered = any(isinstance(f, _ConsoleFilter) for f in handler.filters)
+        if not isinstance(handler, logging.FileHandler) and not filtered:
+            handler.addFilter(_ConsoleFilter())
+    if warnings.showwarning is not _showwarning:
+        _showwarning.previous = warnings.showwarning  # type: ignore[attr-defined]
+        warnings.showwarning = _showwarning
+
+
+def open_run_log(root_dir: str | Path | None, header: str) -> Path | None:
+    """Append every Lightning log line and warning from now on to ``root_dir/console.log`` (rank 0 only; nothing
+    for a remote ``root_dir``). Closes the previous run's log. Returns the file's path."""
+    close_run_log()
+    root = str(root_dir) if root_dir else os.getcwd()
+    if "://" in root or rank_zero_only.rank != 0:
+        return None
+    path = Path(root).expanduser() / CONSOLE_LOG
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.DEBUG)
+    for name in _LOGGERS:
+        logging.getLogger(name).addHandler(handler)
+    _run_logs.append(handler)
+    start = {"name": "yonos", "levelname": "INFO", "levelno": logging.INFO, "msg": header}
+    handler.handle(logging.makeLogRecord(start))
+    return path
+
+
+def close_run_log() -> None:
+    while _run_logs:
+        handler = _run_logs.pop()
+        for name in _LOGGERS:
+            logging.getLogger(name).removeHandler(handler)
+        handler.close()
 
 
 class YonosCLI(LightningCLI):
@@ -88,6 +195,15 @@ class YonosCLI(LightningCLI):
         init_args = config["model"].get("init_args")
         if init_args is not None and "seed" in init_args:
             init_args["seed"] = seed
+        if self.subcommand is not None:  # a run, not a parse (run=False): log it before the Trainer says anything
+            open_run_log(config["trainer"].get("default_root_dir"), f"==== yonos {self.subcommand} ====")
+
+    def instantiate_trainer(self, **kwargs):  # noqa: ANN003, ANN201
+        from yonos.callbacks import TrainModeCheck
+
+        trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks.append(TrainModeCheck())  # in place of Lightning's eval-mode warning (QUIET_ON_CONSOLE)
+        return trainer
 
 
 def nulls_as_json(argv: list[str]) -> list[str]:
@@ -170,6 +286,7 @@ def print_overview() -> None:
 def run(args: list[str] | None = None, cli_class: type[YonosCLI] = YonosCLI) -> YonosCLI | None:
     """Run a ``yonos`` command in-process; returns the CLI object (with its ``trainer``) for LightningCLI runs."""
     argv = list(sys.argv[1:] if args is None else args)
+    quiet_console()
     if not argv or argv[0] in ("-h", "--help"):
         print_overview()
         return None
@@ -181,13 +298,16 @@ def run(args: list[str] | None = None, cli_class: type[YonosCLI] = YonosCLI) -> 
     # LightningCLI reads `args` (nulls rewritten). sys.argv stays as it is: Lightning's DDP launcher starts the other
     # ranks with it, and they rewrite it the same way. Hence the warning about both being given does not apply.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
-    return cli_class(
-        pl.LightningModule,
-        SRDataModule,
-        subclass_mode_model=True,
-        save_config_kwargs={"overwrite": True},
-        args=nulls_as_json(argv),
-    )
+    try:
+        return cli_class(
+            pl.LightningModule,
+            SRDataModule,
+            subclass_mode_model=True,
+            save_config_kwargs={"overwrite": True},
+            args=nulls_as_json(argv),
+        )
+    finally:
+        close_run_log()
 
 
 def main(args: list[str] | None = None) -> None:

@@ -11,4 +11,8 @@ def __getattr__(name: str) -> Any:
         from yonos.pipeline import YonosSRPipeline
 
         return YonosSRPipeline
+    if name == "BlockPCAAutoencoder":  # model_index.json of an exported tiny model names ["yonos", "BlockPCAAutoencoder"]
+        from yonos.pca_vae import BlockPCAAutoencoder
+
+        return BlockPCAAutoencoder
     raise AttributeError(f"module 'yonos' has no attribute {name!r}")

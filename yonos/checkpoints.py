@@ -28,6 +28,8 @@ class StageCheckpoint:
     rescale_betas_zero_snr: bool
     loss_weighting: str
     path: Path | None
+    target: str = "x0"
+    """What the UNet denoises: ``x0`` (z_0, the paper) or ``residual`` (z_0 - z_lr); see SRDenoiser.use_target."""
     """The file it was read from; None for one built in memory."""
 
     def scheduler(self) -> DDIMScheduler:
@@ -39,7 +41,7 @@ class StageCheckpoint:
         """:func:`model_card` of this model, or of a model trained from it at ``scale`` with ``loss_weighting``."""
         return model_card(
             self.backbone, scale or self.scale, self.prediction_type, self.rescale_betas_zero_snr,
-            loss_weighting or self.loss_weighting,
+            loss_weighting or self.loss_weighting, self.target,
         )
 
 
@@ -72,7 +74,8 @@ MODEL_CARD_KEY = "yonos_model"
 
 
 def model_card(
-    backbone: BackboneConfig, scale: int, prediction_type: str, rescale_betas_zero_snr: bool, loss_weighting: str
+    backbone: BackboneConfig, scale: int, prediction_type: str, rescale_betas_zero_snr: bool, loss_weighting: str,
+    target: str = "x0",
 ) -> dict[str, Any]:
     """Plain-typed description of a stage's SR model, saved in its checkpoints (loads with weights_only=True)."""
     return {
@@ -81,6 +84,7 @@ def model_card(
         "prediction_type": prediction_type,
         "rescale_betas_zero_snr": rescale_betas_zero_snr,
         "loss_weighting": loss_weighting,
+        "target": target,
     }
 
 
@@ -99,7 +103,8 @@ def load_stage_checkpoint(path: str | Path, key: str = "model.teacher_ckpt") -> 
     prefix = "student." if any(k.startswith("student.") for k in state) else "denoiser."
     denoiser.load_state_dict(_sub_state(state, prefix))
     codec.load_state_dict(_sub_state(state, "codec."))
-    return StageCheckpoint(
+    target = card.get("target", "x0")  # checkpoints written before the option diffuse z_0
+    stage = StageCheckpoint(
         denoiser=denoiser,
         codec=codec,
         backbone=backbone,
@@ -108,7 +113,10 @@ def load_stage_checkpoint(path: str | Path, key: str = "model.teacher_ckpt") -> 
         rescale_betas_zero_snr=bool(card["rescale_betas_zero_snr"]),
         loss_weighting=card["loss_weighting"],
         path=path,
+        target=target,
     )
+    stage.denoiser.use_target(target, stage.scheduler().alphas_cumprod, stage.prediction_type)
+    return stage
 
 
 def as_stage_checkpoint(source: str | Path | StageCheckpoint, key: str) -> StageCheckpoint:

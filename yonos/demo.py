@@ -71,26 +71,34 @@ def _score(sr: torch.Tensor, hr: torch.Tensor) -> dict[str, float]:
 
 
 def comparison_table(student_ckpt: Path, decoder_ckpt: Path, val_dir: Path, hr_size: int, seed: int = 0) -> dict:
-    """PSNR-Y / SSIM-Y on the validation crops: bicubic, the codec's ceilings (decode(encode(HR)) and
-    decode(encode(bicubic-up LR))), and one DDIM step with the original and the fine-tuned decoder, each without and
-    with the wavelet colour fix. Crop i's noise is seeded from its index, as in the stages' validation."""
+    """PSNR-Y / SSIM-Y (and latent MSE to z_hr = E(HR) where a latent exists) on the validation crops: bicubic, the
+    codec's ceiling decode(E(HR)), copying the condition decode(z_lr) (what a stage that learned nothing scores), and
+    one DDIM step with the original and the fine-tuned decoder, each without and with the wavelet colour fix. Crop
+    i's noise is seeded from its index, as in the stages' validation."""
     from yonos.export import pipeline_from_checkpoint
+    from yonos.modules.validation import gate_latents
 
     hr, lr, index = validation_pairs(val_dir, SCALE, hr_size)
     bicubic = upsample_to(lr, tuple(hr.shape[-2:]))
     original, tuned = pipeline_from_checkpoint(student_ckpt), pipeline_from_checkpoint(decoder_ckpt)
-    codec = original.codec  # the shipped base's VAE: the stages before decoder fine-tuning never change it
+    codec = original.codec  # the shipped base's codec: the stages before decoder fine-tuning never change it
+    seeds = [validation_seed(seed, int(i)) for i in index]
     with torch.no_grad():
+        z_0, z_lr, z_hr, copy = gate_latents(original.denoiser, codec, original.scheduler, hr, lr, SCALE, seeds)
+        latent_mse = lambda z: float((z - z_hr).pow(2).mean())  # noqa: E731
         table = {
             "bicubic": _score(bicubic, hr),
-            "codec ceiling: decode(encode(HR))": _score(codec.decode(codec.encode(hr)), hr),
-            "codec ceiling: decode(encode(bicubic))": _score(codec.decode(codec.encode(bicubic)), hr),
+            "codec ceiling: decode(E(HR))": {**_score(codec.decode(z_hr), hr), "latent_mse": 0.0},
+            "copying the condition: decode(z_lr)": {**_score(copy, hr), "latent_mse": latent_mse(z_lr)},
         }
     for name, pipeline in (("original decoder", original), ("fine-tuned decoder", tuned)):
         for color_fix in ("none", "wavelet"):
-            generators = [torch.Generator().manual_seed(validation_seed(seed, int(i))) for i in index]
+            generators = [torch.Generator().manual_seed(seed) for seed in seeds]
             sr = pipeline(lr, num_inference_steps=1, generator=generators, tile_size=None, color_fix=color_fix, output_type="pt").images
-            table[f"1 step, {name}" + (", colour fix" if color_fix != "none" else "")] = _score(sr, hr)
+            row = _score(sr, hr)
+            if name == "original decoder" and color_fix == "none":
+                row["latent_mse"] = latent_mse(z_0)
+            table[f"1 step, {name}" + (", colour fix" if color_fix != "none" else "")] = row
     return table
 
 

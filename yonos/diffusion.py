@@ -145,6 +145,32 @@ def predict_x0(
     raise ValueError(f"unknown prediction_type {prediction_type!r}")
 
 
+def residual_input(z_t: Tensor, z_lr: Tensor, t: Tensor, alphas_cumprod: Tensor) -> Tensor:
+    """Residual diffusion (``target: residual``): the noisy latent of r = z_0 - z_lr, i.e. z_t - alpha_t * z_lr.
+
+    The network then denoises r (ResShift-style SR diffuses such a residual); its x0 is z_lr + x0_r. A deviation
+    from YONOS-SR, which diffuses z_0 itself: the tiny world uses it, the SD yamls keep ``target: x0``.
+    """
+    alpha, _ = alpha_sigma(alphas_cumprod, t)
+    return z_t - alpha.to(z_t.dtype) * z_lr
+
+
+def residual_output_to_absolute(
+    model_output: Tensor, z_lr: Tensor, t: Tensor, alphas_cumprod: Tensor, prediction_type: PredictionType
+) -> Tensor:
+    """The output of a residual network (for r = z_0 - z_lr) as the output of the same parameterisation for z_0,
+    so that :func:`predict_x0` of it on z_t is z_lr + x0_r:
+    v: v - sigma_t * z_lr;  epsilon: unchanged;  sample: z_lr + output."""
+    if prediction_type == "epsilon":
+        return model_output
+    if prediction_type == "sample":
+        return z_lr + model_output
+    if prediction_type == "v_prediction":
+        _, sigma = alpha_sigma(alphas_cumprod, t)
+        return model_output - sigma.to(model_output.dtype) * z_lr
+    raise ValueError(f"unknown prediction_type {prediction_type!r}")
+
+
 def snr(alphas_cumprod: Tensor, t: Tensor) -> Tensor:
     """Signal-to-noise ratio alpha_t^2 / sigma_t^2 at timesteps ``t``, shape (B,)."""
     abar = alphas_cumprod.to(t.device)[t].float()

@@ -16,7 +16,11 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import Tensor, nn
 
+from yonos.diffusion import residual_input, residual_output_to_absolute
+from yonos.pca_vae import BlockPCAAutoencoder
+
 Preset = Literal["tiny", "sd21-base"]
+Target = Literal["x0", "residual"]
 PROMPT_LENGTH = 77  # CLIP's context length: the empty prompt is padded to it, as SD's pipelines do.
 
 UNET_PRESETS: dict[str, dict[str, Any]] = {
@@ -133,12 +137,14 @@ def _load(cls: type, name: str, subfolder: str, revision: str | None) -> Any:
         ) from err
 
 
-def widen_conv_in(unet: UNet2DConditionModel, in_channels: int = 8) -> UNet2DConditionModel:
+def widen_conv_in(unet: UNet2DConditionModel, in_channels: int | None = None) -> UNet2DConditionModel:
     """Widen ``conv_in`` to ``in_channels``: pretrained weights on the first channels, zeros on the new ones.
 
-    With zero weights on the z_lr channels the widened UNet computes exactly what the pretrained one did.
+    With zero weights on the z_lr channels the widened UNet computes exactly what the pretrained one did. The default
+    is twice the latent channels: cat(z_t, z_lr) (8 for SD's 4-channel latents).
     """
     old = unet.conv_in
+    in_channels = in_channels or 2 * old.in_channels
     if old.in_channels >= in_channels:
         raise ValueError(f"conv_in already has {old.in_channels} input channels, cannot widen to {in_channels}")
     new = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding)
@@ -231,26 +237,51 @@ class SRDenoiser(nn.Module):
             )
         self.unet = unet
         self.register_buffer("prompt_embeds", prompt_embeds.detach().clone(), persistent=True)
+        self.register_buffer("residual_alphas_cumprod", None, persistent=False)
+        self.prediction_type = "v_prediction"
+
+    @property
+    def target(self) -> Target:
+        """``x0``: the UNet denoises z_0 (YONOS-SR, SD); ``residual``: it denoises z_0 - z_lr (see :meth:`use_target`)."""
+        return "x0" if self.residual_alphas_cumprod is None else "residual"
+
+    def use_target(self, target: Target, alphas_cumprod: Tensor, prediction_type: str) -> "SRDenoiser":
+        """Set what the UNet denoises. With ``residual`` it sees z_t - alpha_t z_lr (yonos.diffusion.residual_input)
+        and :meth:`forward` converts its output back, so every loss and sampler reads the output as for ``x0``."""
+        if target not in ("x0", "residual"):
+            raise ValueError(f"model.target must be 'x0' or 'residual', got {target!r}")
+        self.residual_alphas_cumprod = alphas_cumprod.detach().clone().float() if target == "residual" else None
+        self.prediction_type = prediction_type
+        return self
 
     def forward(self, z_t: Tensor, z_lr: Tensor, t: Tensor) -> Tensor:
-        """Raw network output (v, eps or x0 by the parameterisation) for z_t, z_lr (B, 4, h, w) and t (B,)."""
-        context = self.prompt_embeds.to(z_t.dtype).expand(z_t.shape[0], -1, -1)  # (B, 77, D)
-        return self.unet(torch.cat([z_t, z_lr], dim=1), t, encoder_hidden_states=context).sample
+        """Raw network output (v, eps or x0 by the parameterisation, of z_0) for z_t, z_lr (B, C, h, w), t (B,)."""
+        dtype = weight_dtype(self.unet)  # inputs in the UNet's storage dtype (autocast handles mixed precision)
+        context = self.prompt_embeds.to(dtype).expand(z_t.shape[0], -1, -1)  # (B, 77, D)
+        if self.residual_alphas_cumprod is None:
+            return self.unet(torch.cat([z_t, z_lr], dim=1).to(dtype), t, encoder_hidden_states=context).sample
+        schedule = self.residual_alphas_cumprod
+        r_t = residual_input(z_t.float(), z_lr.float(), t, schedule)  # (B, C, h, w): the noisy residual
+        output = self.unet(torch.cat([r_t, z_lr.float()], dim=1).to(dtype), t, encoder_hidden_states=context).sample
+        # float32, as the losses and the sampler use it: bf16 would round away the detail the residual adds to z_lr
+        return residual_output_to_absolute(output.float(), z_lr.float(), t, schedule, self.prediction_type)
 
     @classmethod
-    def from_preset(cls, preset: Preset) -> "SRDenoiser":
+    def from_preset(cls, preset: Preset, latent_channels: int = 4) -> "SRDenoiser":
         if preset not in UNET_PRESETS:
             raise ValueError(f"unknown denoiser preset {preset!r}; choose from {sorted(UNET_PRESETS)}")
-        unet = UNet2DConditionModel(in_channels=8, out_channels=4, **UNET_PRESETS[preset])
+        config = UNET_PRESETS[preset]
+        unet = UNet2DConditionModel(in_channels=2 * latent_channels, out_channels=latent_channels, **config)
         return cls(unet, torch.zeros(1, PROMPT_LENGTH, unet.config.cross_attention_dim))
 
     @classmethod
     def from_pretrained(cls, name: str, revision: str | None = None, zero_prompt_embedding: bool = False) -> "SRDenoiser":
-        """From an SD folder or hub id: ``unet/`` with conv_in widened 4 -> 8, and the empty-prompt embedding
-        (zeros only as :func:`empty_prompt_embedding` allows)."""
+        """From an SD folder or hub id: ``unet/`` with conv_in widened from C to 2C input channels (4 -> 8 for SD)
+        when it is the base's unconditional UNet, and the empty-prompt embedding (zeros only as
+        :func:`empty_prompt_embedding` allows)."""
         unet = _load(UNet2DConditionModel, name, "unet", revision)
-        if unet.config.in_channels == 4:
-            unet = widen_conv_in(unet, 8)
+        if unet.config.in_channels == unet.config.out_channels:
+            unet = widen_conv_in(unet)
         embedding = empty_prompt_embedding(name, unet.config.cross_attention_dim, revision, zero_prompt_embedding)
         return cls(unet, embedding)
 
@@ -258,7 +289,7 @@ class SRDenoiser(nn.Module):
 class LatentCodec(nn.Module):
     """The SD VAE as an image <-> latent codec: images in [0, 1], latents scaled by the VAE's scaling factor."""
 
-    def __init__(self, vae: AutoencoderKL) -> None:
+    def __init__(self, vae: AutoencoderKL | BlockPCAAutoencoder) -> None:
         super().__init__()
         self.vae = vae
 
@@ -268,10 +299,14 @@ class LatentCodec(nn.Module):
 
     @property
     def downsample_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return vae_downsample_factor(self.vae.config)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.vae.config.latent_channels)
 
     def encode(self, image: Tensor) -> Tensor:
-        """(B, 3, H, W) in [0, 1] -> (B, 4, H/f, W/f) (f = ``downsample_factor``, 8 for SD): the posterior mean
+        """(B, 3, H, W) in [0, 1] -> (B, C, H/f, W/f) (f = ``downsample_factor``, 8 for SD; C = 4 for SD): the posterior mean
         (every stage encodes deterministically; the codec stage samples the posterior through the VAE itself)."""
         latent = self.vae.encode(image.to(weight_dtype(self.vae.encoder)) * 2.0 - 1.0).latent_dist.mode()
         shift = self.vae.config.get("shift_factor") or 0.0
@@ -308,7 +343,22 @@ class LatentCodec(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name: str, revision: str | None = None) -> "LatentCodec":
-        return cls(_load(AutoencoderKL, name, "vae", revision))
+        """``vae/`` of an SD folder: an ``AutoencoderKL``, or the class its config names when that is yonos' own
+        (:class:`yonos.pca_vae.BlockPCAAutoencoder`, the tiny base's codec)."""
+        vae_class: type = AutoencoderKL
+        if _is_local(name):
+            config = Path(name).expanduser() / "vae" / "config.json"
+            if config.is_file() and json.loads(config.read_text()).get("_class_name") == BlockPCAAutoencoder.__name__:
+                vae_class = BlockPCAAutoencoder
+        return cls(_load(vae_class, name, "vae", revision))
+
+
+def vae_downsample_factor(config: Any) -> int:
+    """Pixels per latent along a side: ``patch_size`` of a block codec, else 2 ** (levels - 1) of a diffusers VAE."""
+    if config.get("patch_size"):
+        return int(config["patch_size"])
+    blocks = config.get("block_out_channels") or config.get("encoder_block_out_channels")
+    return 2 ** (len(blocks) - 1)
 
 
 def build_denoiser(config: BackboneConfig) -> SRDenoiser:

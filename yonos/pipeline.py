@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from yonos.colorfix import COLOR_FIX_MODES, ColorFix, ColorFixRows
 from yonos.model_card import add_load_hint, write_model_card
 from yonos.models import SRDenoiser
+from yonos.pca_vae import BlockPCAAutoencoder
 from yonos.pipeline_io import (  # noqa: F401 - NonFiniteOutputError: part of this module's interface
     AnyLatentCodec,
     CastCodec,
@@ -82,28 +83,37 @@ class YonosSRPipeline(DiffusionPipeline):
 
     def __init__(
         self, unet: UNet2DConditionModel, vae: ModelMixin, scheduler: DDIMScheduler, prompt_embedding: PromptEmbedding,
-        scale: int = 4,
+        scale: int = 4, target: str = "x0",
     ) -> None:
         super().__init__()
         self.register_modules(unet=unet, vae=vae, scheduler=scheduler, prompt_embedding=prompt_embedding)
-        self.register_to_config(scale=scale)
+        self.register_to_config(scale=scale, target=target)
 
     @classmethod
     def from_models(cls, denoiser: SRDenoiser, codec: Any, scheduler: DDIMScheduler, scale: int) -> YonosSRPipeline:
         """The pipeline around a training stage's networks (shared, not copied) and its scheduler."""
         embedding = PromptEmbedding.from_tensor(denoiser.prompt_embeds).to(denoiser.prompt_embeds.device)
-        return cls(unet=denoiser.unet, vae=codec.vae, scheduler=scheduler, prompt_embedding=embedding, scale=scale)
+        return cls(
+            unet=denoiser.unet, vae=codec.vae, scheduler=scheduler, prompt_embedding=embedding, scale=scale,
+            target=denoiser.target,
+        )
 
     @property
     def components(self) -> dict[str, Any]:
         """diffusers' components plus the ``scale`` config, so ``YonosSRPipeline(**pipe.components)`` keeps it."""
-        return {**super().components, "scale": self.config.scale}
+        return {**super().components, "scale": self.config.scale, "target": self.config.get("target", "x0")}
 
     # Views of the components as the training code sees them (same modules, no copies).
 
     @property
     def denoiser(self) -> SRDenoiser:
-        return SRDenoiser(self.unet, self.prompt_embedding.prompt_embeds)
+        """The UNet as the training code sees it, reading its output for the pipeline config's ``target``."""
+        return self._denoiser(self.prompt_embedding.prompt_embeds.device)
+
+    def _denoiser(self, device: torch.device) -> SRDenoiser:
+        denoiser = SRDenoiser(self.unet, self.prompt_embedding.prompt_embeds.to(device))
+        target = self.config.get("target", "x0")  # folders exported before the option diffuse z_0
+        return denoiser.use_target(target, self.scheduler.alphas_cumprod, self.scheduler.config.prediction_type)
 
     @property
     def codec(self) -> AnyLatentCodec:
@@ -363,15 +373,15 @@ class YonosSRPipeline(DiffusionPipeline):
 
     def _tiled_denoise(self, settings: _Settings) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
         """(z_t, z_lr, t) -> the UNet's output, the UNet run on latent tiles of [z_t, z_lr] (yonos.tiling)."""
-        factor, channels, unet_dtype = self.codec.downsample_factor, self.unet.config.out_channels, self._unet_dtype()
+        factor, channels = self.codec.downsample_factor, self.unet.config.out_channels
         tile, overlap = settings.tiles or (1 << 30, 0)
 
         def denoise(z_t: Tensor, z_lr: Tensor, t: Tensor) -> Tensor:
-            denoiser = SRDenoiser(self.unet, self.prompt_embedding.prompt_embeds.to(z_lr.device))
+            denoiser = self._denoiser(z_lr.device)
 
             def on_tile(stacked: Tensor) -> Tensor:
                 t_tiles = t.repeat(stacked.shape[0] // len(t))  # stacked tiles: [tile 0's images, tile 1's, ...]
-                z, c = stacked[:, :channels].to(unet_dtype), stacked[:, channels:].to(unet_dtype)
+                z, c = stacked[:, :channels], stacked[:, channels:]  # float32: the denoiser casts the UNet's input
                 return denoiser(z, c, t_tiles).float()
 
             stacked = torch.cat([z_t, z_lr], dim=1)
@@ -445,10 +455,11 @@ def _decoder(vae: nn.Module) -> nn.Module:
 
 
 def _register_with_diffusers() -> None:
-    """Make ``diffusers.YonosSRPipeline`` resolve: plain ``DiffusionPipeline.from_pretrained(DIR)`` looks the class
+    """Make ``diffusers.YonosSRPipeline`` (and the tiny base's ``BlockPCAAutoencoder``) resolve: plain ``DiffusionPipeline.from_pretrained(DIR)`` looks the class
     that ``model_index.json`` names (``_class_name``) up in the diffusers namespace, so importing this module is all
     it needs (no ``trust_remote_code``, no code in the model folder)."""
     setattr(diffusers, YonosSRPipeline.__name__, YonosSRPipeline)
+    setattr(diffusers, BlockPCAAutoencoder.__name__, BlockPCAAutoencoder)
 
 
 _register_with_diffusers()

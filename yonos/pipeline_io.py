@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from yonos.images import decode_pil, rgb8
 from yonos.models import LatentCodec, weight_dtype
+from yonos.pca_vae import BlockPCAAutoencoder
 
 ImageInput = PIL.Image.Image | np.ndarray | Tensor | list[PIL.Image.Image | np.ndarray | Tensor]
 _INTEGER_PEAKS = {torch.uint8: 255.0, torch.uint16: 65535.0}
@@ -112,14 +113,8 @@ class AnyLatentCodec(LatentCodec):
 
     decode_generator: torch.Generator | None = None
 
-    @property
-    def downsample_factor(self) -> int:
-        config = self.vae.config
-        blocks = config.get("block_out_channels") or config.get("encoder_block_out_channels")
-        return 2 ** (len(blocks) - 1)
-
     def encode(self, image: Tensor) -> Tensor:
-        if isinstance(self.vae, AutoencoderKL):
+        if isinstance(self.vae, (AutoencoderKL, BlockPCAAutoencoder)):
             return super().encode(image)
         encoded = self.vae.encode(image.to(weight_dtype(self.vae.encoder)) * 2.0 - 1.0)
         if hasattr(encoded, "latent_dist"):
@@ -129,7 +124,7 @@ class AnyLatentCodec(LatentCodec):
         return latent * self.scaling_factor
 
     def decode(self, latent: Tensor, clamp: bool = True) -> Tensor:
-        if isinstance(self.vae, AutoencoderKL):
+        if isinstance(self.vae, (AutoencoderKL, BlockPCAAutoencoder)):
             return super().decode(latent) if clamp else super().decode(latent, clamp=False)
         latent = latent.to(weight_dtype(self.vae)) / self.scaling_factor
         if self.decode_generator is not None and "generator" in _parameters(self.vae.decode):

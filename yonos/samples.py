@@ -1,5 +1,6 @@
-"""The embedded default data: photos that ship inside the scikit-image wheel, written as PNG folders, and the
-held-out validation crops (non-overlapping tiles of the validation photos).
+"""The embedded default data: the natural photos that ship inside the scikit-image wheel (colour photos and grey
+photos and textures; PSNR-Y is measured on luma), written as PNG folders, and the held-out validation crops
+(non-overlapping tiles of the validation photos). The two views of the stereo motorcycle pair stay on one side.
 
 No network: ``skimage.data`` reads these from its own package files.
 """
@@ -15,8 +16,13 @@ from PIL import Image
 from yonos.commands import command_parser, parse
 from yonos.images import save_image_atomic
 
-TRAIN_PHOTOS = ("astronaut", "coffee", "hubble_deep_field", "immunohistochemistry", "retina", "rocket", "motorcycle_left")
-VAL_PHOTOS = ("chelsea", "motorcycle_right")
+TRAIN_PHOTOS = (
+    "astronaut", "coffee", "hubble_deep_field", "immunohistochemistry", "retina", "motorcycle_left", "motorcycle_right",
+    "brick", "grass", "camera", "moon", "coins", "cell",
+)
+VAL_PHOTOS = ("chelsea", "rocket", "gravel", "clock")
+"""Held out from every training step (codec, prior and SR stages): two colour photos, a grey texture, a grey photo."""
+TRAIN_CROPS_PER_PHOTO = 3
 
 
 def _photo(name: str) -> np.ndarray:
@@ -29,7 +35,7 @@ def _photo(name: str) -> np.ndarray:
 
 
 def _resized(array: np.ndarray, max_side: int) -> torch.Tensor:
-    image = Image.fromarray(array).convert("RGB")
+    image = Image.fromarray(array).convert("RGB")  # grey photos as three equal channels
     ratio = max_side / max(image.size)
     if ratio < 1:
         image = image.resize((round(image.width * ratio), round(image.height * ratio)), Image.Resampling.LANCZOS)
@@ -48,8 +54,9 @@ def tiles(image: torch.Tensor, size: int) -> dict[str, torch.Tensor]:
 
 
 def prepare_samples(out_dir: str | Path = "data/samples", max_side: int = 512, crop_size: int = 128) -> dict[str, list[Path]]:
-    """Write ``out_dir/train``, ``out_dir/val`` (PNG, longest side <= max_side) and ``out_dir/val_crops`` (every
-    ``crop_size`` tile of the validation photos: more held-out crops than photos); existing files are kept."""
+    """Write ``out_dir/train``, ``out_dir/val`` (PNG, longest side <= max_side), ``out_dir/val_crops`` (every
+    ``crop_size`` tile of the validation photos: more held-out crops than photos) and ``out_dir/train_crops`` (a
+    few tiles of each training photo: the curve development choices are made on); existing files are kept."""
     out_dir = Path(out_dir)
     written: dict[str, list[Path]] = {"train": [], "val": [], "val_crops": []}
     for split, names in (("train", TRAIN_PHOTOS), ("val", VAL_PHOTOS)):
@@ -64,6 +71,15 @@ def prepare_samples(out_dir: str | Path = "data/samples", max_side: int = 512, c
             if not path.exists():
                 save_image_atomic(tile, path)
             written["val_crops"].append(path)
+    # Development decisions are measured on the training split: a few fixed tiles of each training photo.
+    written["train_crops"] = []
+    for name in TRAIN_PHOTOS:
+        photo_tiles = list(tiles(_read(out_dir / "train" / f"{name}.png"), crop_size).items())
+        for tile_name, tile in photo_tiles[:: max(1, len(photo_tiles) // TRAIN_CROPS_PER_PHOTO)][:TRAIN_CROPS_PER_PHOTO]:
+            path = out_dir / "train_crops" / f"{name}_{tile_name}.png"
+            if not path.exists():
+                save_image_atomic(tile, path)
+            written["train_crops"].append(path)
     return written
 
 

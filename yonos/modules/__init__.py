@@ -3,6 +3,7 @@
 from yonos.modules.codec import CodecModule
 from yonos.modules.decoder import DecoderFinetuneModule
 from yonos.modules.distill import ScaleDistillModule
+from yonos.modules.prior import PriorModule
 from yonos.modules.teacher import TeacherModule
 
-__all__ = ["CodecModule", "DecoderFinetuneModule", "ScaleDistillModule", "TeacherModule"]
+__all__ = ["CodecModule", "DecoderFinetuneModule", "PriorModule", "ScaleDistillModule", "TeacherModule"]

@@ -26,7 +26,7 @@ from yonos.degradations import upsample_to
 from yonos.diffusion import LossWeighting, add_noise, sample_timesteps
 from yonos.losses import distillation_loss
 from yonos.modules.common import check_scales_available, configure_optimizer, encode_fp32, shard_trainable, shared
-from yonos.modules.validation import LPIPSChoice, SRValidation
+from yonos.modules.validation import LPIPSChoice, SRValidation, gate_latents
 from yonos.sampling import sample_with_seeds
 from yonos.seeds import TrainingStream
 
@@ -163,8 +163,15 @@ class ScaleDistillModule(pl.LightningModule):
         steps = num_steps or self.validation.steps[0]
         return sample_with_seeds(self.student, self.codec, self.scheduler, lr, self.student_scale, seeds, steps)
 
+    def gate(self, hr: Tensor, lr: Tensor, seeds: list[int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The condition-copy gate's latents (yonos.modules.validation.gate_latents)."""
+        return gate_latents(self.student, self.codec, self.scheduler, hr, lr, self.student_scale, seeds)
+
     def validation_step(self, batch: SRBatch, batch_idx: int) -> None:
-        self.validation.step(self, self.sample, batch, batch_idx, self.student_scale, "val")
+        self.validation.step(self, self.sample, batch, batch_idx, self.student_scale, "val", self.gate)
+
+    def on_validation_epoch_end(self) -> None:
+        self.validation.report(self)
 
     def test_step(self, batch: SRBatch, batch_idx: int) -> None:
         self.validation.step(self, self.sample, batch, batch_idx, self.student_scale, "test")

@@ -28,7 +28,7 @@ from yonos.diffusion import (
     sample_timesteps,
 )
 from yonos.losses import denoising_loss
-from yonos.models import BackboneConfig, build_codec, build_denoiser, scheduler_source
+from yonos.models import BackboneConfig, Target, build_codec, build_denoiser, scheduler_source
 from yonos.modules.common import (
     check_scales_available,
     configure_optimizer,
@@ -36,7 +36,7 @@ from yonos.modules.common import (
     shard_trainable,
     shared,
 )
-from yonos.modules.validation import LPIPSChoice, SRValidation
+from yonos.modules.validation import LPIPSChoice, SRValidation, gate_latents
 from yonos.sampling import sample_with_seeds
 from yonos.seeds import TrainingStream
 
@@ -49,6 +49,7 @@ class TeacherModule(pl.LightningModule):
         backbone: BackboneConfig | None = None,
         scale: int = 2,
         prediction_type: PredictionType = "v_prediction",
+        target: Target = "x0",
         loss_weighting: LossWeighting = "one_plus_snr",
         rescale_betas_zero_snr: bool = False,
         last_timestep_prob: float = 0.0,
@@ -67,6 +68,8 @@ class TeacherModule(pl.LightningModule):
             backbone: where the UNet and VAE come from (pretrained SD folder / hub id, or a random preset).
             scale: magnification this model learns; the batch must hold ``lr_x{scale}`` (data.scales).
             prediction_type: what the UNet outputs; every loss goes through the x0 conversion.
+            target: what the UNet denoises: ``x0`` = z_hr (the paper, SD), or ``residual`` = z_hr - z_lr, whose
+                x0 is z_lr + the network's (ResShift-style; a deviation the tiny world uses, docs/method.md).
             loss_weighting: w(lambda_t) of the x0 loss; one_plus_snr equals the MSE on v.
             rescale_betas_zero_snr: rescale the schedule to zero terminal SNR (Lin et al. 2024).
             last_timestep_prob: fraction of training samples whose timestep is the one-step sampler's T - 1
@@ -89,7 +92,7 @@ class TeacherModule(pl.LightningModule):
         if scale < 1:
             raise ValueError(f"model.scale must be >= 1, got {scale}")
         self.scale, self.prediction_type, self.loss_weighting = scale, prediction_type, loss_weighting
-        self.model_card = model_card(backbone, scale, prediction_type, rescale_betas_zero_snr, loss_weighting)
+        self.model_card = model_card(backbone, scale, prediction_type, rescale_betas_zero_snr, loss_weighting, target)
         self.optimizer_factory, self.lr_scheduler_factory = shared(optimizer), shared(lr_scheduler)  # see SharedFactory
 
         self.denoiser = build_denoiser(backbone)
@@ -104,6 +107,7 @@ class TeacherModule(pl.LightningModule):
             raise ValueError(f"model.last_timestep_prob must be in [0, 1], got {last_timestep_prob}")
         self.last_timestep_prob = last_timestep_prob
         self.register_buffer("alphas_cumprod", self.scheduler.alphas_cumprod.clone(), persistent=False)
+        self.denoiser.use_target(target, self.scheduler.alphas_cumprod, prediction_type)
         self.validation = SRValidation(val_num_steps, val_extra_steps, lpips_net, random_lpips_backbone, log_images, seed)
         self.stream = TrainingStream(seed)
 
@@ -153,8 +157,15 @@ class TeacherModule(pl.LightningModule):
         steps = num_steps or self.validation.steps[0]
         return sample_with_seeds(self.denoiser, self.codec, self.scheduler, lr, self.scale, seeds, steps)
 
+    def gate(self, hr: Tensor, lr: Tensor, seeds: list[int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The condition-copy gate's latents (yonos.modules.validation.gate_latents)."""
+        return gate_latents(self.denoiser, self.codec, self.scheduler, hr, lr, self.scale, seeds)
+
     def validation_step(self, batch: SRBatch, batch_idx: int) -> None:
-        self.validation.step(self, self.sample, batch, batch_idx, self.scale, "val")
+        self.validation.step(self, self.sample, batch, batch_idx, self.scale, "val", self.gate)
+
+    def on_validation_epoch_end(self) -> None:
+        self.validation.report(self)
 
     def test_step(self, batch: SRBatch, batch_idx: int) -> None:
         self.validation.step(self, self.sample, batch, batch_idx, self.scale, "test")

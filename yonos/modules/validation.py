@@ -3,6 +3,7 @@ evaluation step (sample at one or more DDIM step counts, update metrics, log).""
 
 from __future__ import annotations
 
+import logging
 from typing import Callable, Literal
 
 import torch
@@ -17,6 +18,10 @@ from yonos.metrics import build_lpips, lpips_distance, psnr_y, ssim_y
 from yonos.seeds import validation_seed
 
 LPIPSChoice = Literal["alex", "vgg", "none"]
+log = logging.getLogger("yonos")
+if not log.handlers:  # the gate's verdict reaches the console at INFO, as Lightning's own lines do
+    log.addHandler(logging.StreamHandler())
+    log.setLevel(logging.INFO)
 
 
 class SRMetrics(nn.Module):
@@ -64,6 +69,56 @@ class SRMetrics(nn.Module):
 
 SampleFn = Callable[[Tensor, list[int], int], Tensor]
 """(LR batch, per-sample seeds, DDIM steps) -> SR batch in [0, 1]."""
+GateFn = Callable[[Tensor, Tensor, list[int]], tuple[Tensor, Tensor, Tensor, Tensor]]
+"""(HR batch, LR batch, per-sample seeds) -> (one-step z_0, z_lr, z_hr, decode(z_lr)): see :func:`gate_latents`."""
+
+
+def gate_latents(denoiser: nn.Module, codec: nn.Module, scheduler: object, hr: Tensor, lr: Tensor, scale: int, seeds: list[int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """What the condition-copy gate compares: the one-step latent z_0, the condition z_lr (the LR upsampled and
+    encoded, as the stage conditions on it), z_hr = E(HR), and decode(z_lr) (copying the condition, in pixels)."""
+    from yonos.sampling import pad_to_multiple, seeded_noise, size_multiple, super_resolve, untiled_calls
+
+    encode, denoise, _ = untiled_calls(denoiser, codec)
+    with torch.no_grad():
+        z_lr = encode(lr, scale)
+        noise = seeded_noise(tuple(z_lr.shape), seeds, lr.device)
+        z_0 = super_resolve(lr, scale, lambda *_: z_lr, denoise, None, scheduler, noise, 1)
+        z_hr = codec.encode(pad_to_multiple(hr, size_multiple(denoiser.unet, codec)))
+        copy = codec.decode(z_lr)[..., : hr.shape[-2], : hr.shape[-1]]
+    return z_0, z_lr, z_hr, copy
+
+
+class ConditionGate(nn.Module):
+    """A stage that does not beat copying its own condition has not learned SR. Accumulates, over a validation
+    epoch, the one-step latent MSE to z_hr (``val/latent_mse``), the MSE of copying the condition z_lr
+    (``val/latent_mse_copy``) and the PSNR-Y / SSIM-Y of decode(z_lr) (``val/psnr_copy``, ``val/ssim_copy``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.latent_mse, self.latent_mse_copy = MeanMetric(), MeanMetric()
+        self.copy = SRMetrics("none")
+        self._sums = torch.zeros(3, dtype=torch.float64)  # this rank's (model, copy, count) for the verdict
+
+    def update(self, z_0: Tensor, z_lr: Tensor, z_hr: Tensor, copy: Tensor, hr: Tensor, valid: Tensor | None) -> None:
+        model_mse = (z_0.float() - z_hr.float()).pow(2).flatten(1).mean(1)  # (B,)
+        copy_mse = (z_lr.float() - z_hr.float()).pow(2).flatten(1).mean(1)
+        weight = torch.ones_like(model_mse) if valid is None else valid.to(model_mse.device, torch.float32)
+        self.latent_mse.update(model_mse, weight)
+        self.latent_mse_copy.update(copy_mse, weight)
+        self.copy.update(copy, hr, valid)
+        self._sums += torch.stack([(model_mse * weight).sum(), (copy_mse * weight).sum(), weight.sum()]).double().cpu()
+
+    def metrics(self, prefix: str) -> dict[str, MeanMetric]:
+        return {
+            f"{prefix}/latent_mse": self.latent_mse, f"{prefix}/latent_mse_copy": self.latent_mse_copy,
+            **self.copy.metrics(prefix, "_copy"),
+        }
+
+    def verdict(self) -> tuple[float, float] | None:
+        """(model MSE, copy MSE) of the epoch on this rank, and reset; None when nothing was seen."""
+        model, copy, count = self._sums.tolist()
+        self._sums.zero_()
+        return None if count == 0 else (model / count, copy / count)
 
 
 class SRValidation(nn.Module):
@@ -86,15 +141,22 @@ class SRValidation(nn.Module):
             raise ValueError(f"model.val_num_steps / model.val_extra_steps must be >= 1, got {steps}")
         self.steps, self.log_images, self.seed = steps, log_images, seed
         self.per_steps = nn.ModuleDict({str(n): SRMetrics(lpips_net, 0, random_lpips_backbone) for n in steps})
+        self.gate = ConditionGate()
 
     def prepare(self) -> None:
         for metrics in self.per_steps.values():
             metrics.prepare()
 
-    def step(self, module, sample: SampleFn, batch: SRBatch, batch_idx: int, scale: int, prefix: str) -> None:
-        """One validation/test batch: SR at every step count, metric updates, logging, the image grid."""
+    def step(
+        self, module, sample: SampleFn, batch: SRBatch, batch_idx: int, scale: int, prefix: str, gate: GateFn | None = None
+    ) -> None:
+        """One validation/test batch: SR at every step count, metric updates, logging, the image grid, and the
+        condition-copy gate when ``gate`` is given."""
         hr, lr = batch["hr"], batch[lr_key(scale)]
         seeds = [validation_seed(self.seed, int(i)) for i in batch["index"]]
+        if gate is not None:
+            self.gate.update(*gate(hr, lr, seeds), hr, batch.get("valid"))
+            module.log_dict(self.gate.metrics(prefix), batch_size=hr.shape[0], sync_dist=True)
         for position, num_steps in enumerate(self.steps):
             sr = sample(lr, seeds, num_steps)
             metrics = self.per_steps[str(num_steps)]
@@ -104,6 +166,21 @@ class SRValidation(nn.Module):
             if position == 0 and batch_idx == 0 and module.global_rank == 0:
                 lr_up = upsample_to(lr, tuple(hr.shape[-2:]))
                 log_image_grid(module.logger, f"{prefix}/lr_sr_hr", lr_up, sr, hr, module.global_step, self.log_images)
+
+
+    def report(self, module, prefix: str = "val") -> None:
+        """End of a validation epoch: say in the log whether the stage beats copying its condition."""
+        verdict = self.gate.verdict()
+        if verdict is None or module.global_rank != 0:
+            return
+        model, copy = verdict
+        if model < copy:
+            log.info(f"{prefix}: one-step latent MSE {model:.5f} beats copying the condition ({copy:.5f}): {copy / model:.2f}x")
+        else:
+            log.warning(
+                f"{prefix}: one-step latent MSE {model:.5f} does NOT beat copying the condition z_lr ({copy:.5f}, "
+                f"{model / copy:.1f}x lower): this stage has not learned super-resolution yet"
+            )
 
 
 def log_image_grid(logger: object, tag: str, lr_up: Tensor, sr: Tensor, hr: Tensor, step: int, max_images: int = 4) -> None:

@@ -12,7 +12,7 @@ import yaml
 
 from yonos.cli import EXTRA_COMMANDS, YonosCLI, main, nulls_as_json
 from yonos.data import SRDataModule
-from yonos.demo import run_demo
+from yonos.demo import run_demo, stage_gates
 from yonos.images import read_rgb
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,20 +99,26 @@ def test_demo_pieces_run_end_to_end_on_a_small_budget(tmp_path: Path, monkeypatc
     result = run_demo(data_dir=str(tmp_path / "samples"), out_dir=str(tmp_path / "out"), max_steps=2, hr_size=32)
     assert list(result["checkpoints"]) == ["teacher_x2", "student_x4", "decoder_x4"]
     assert all(Path(path).is_file() for path in result["checkpoints"].values())
-    assert {"val/psnr", "val/ssim"} <= set(result["metrics"]["teacher_x2"])
-    assert {"val/psnr", "val/psnr_4steps"} <= set(result["metrics"]["student_x4"])
+    gate = {"val/latent_mse", "val/latent_mse_copy", "val/psnr_copy", "val/ssim_copy"}
+    assert {"val/psnr", "val/ssim"} | gate <= set(result["metrics"]["teacher_x2"])
+    assert {"val/psnr", "val/psnr_4steps"} | gate <= set(result["metrics"]["student_x4"])
     assert {"val/psnr", "val/psnr_original_decoder"} <= set(result["metrics"]["decoder_x4"])
-    assert list(result["table"]) == [
-        "bicubic", "codec ceiling: decode(encode(HR))", "codec ceiling: decode(encode(bicubic))",
+    assert list(result["tables"]) == ["val_crops", "val_crops_64"]
+    table = result["tables"]["val_crops"]
+    assert list(table) == [
+        "bicubic", "codec ceiling: decode(E(HR))", "copying the condition: decode(z_lr)",
         "1 step, original decoder", "1 step, original decoder, colour fix",
         "1 step, fine-tuned decoder", "1 step, fine-tuned decoder, colour fix",
     ]
-    # The pipeline's one-step numbers are the decoder stage's own validation numbers (same crops, LR and noise).
-    decoder = result["metrics"]["decoder_x4"]
-    assert result["table"]["1 step, fine-tuned decoder"]["val/psnr"] == pytest.approx(decoder["val/psnr"], abs=1e-3)
-    assert result["table"]["1 step, original decoder"]["val/psnr"] == pytest.approx(
-        decoder["val/psnr_original_decoder"], abs=1e-3
-    )
+    # The pipeline's one-step numbers are the decoder stage's own validation numbers (same crops, LR and noise),
+    # and the table's condition-copy and latent MSE rows are the student's own gate.
+    decoder, student = result["metrics"]["decoder_x4"], result["metrics"]["student_x4"]
+    assert table["1 step, fine-tuned decoder"]["val/psnr"] == pytest.approx(decoder["val/psnr"], abs=1e-3)
+    assert table["1 step, original decoder"]["val/psnr"] == pytest.approx(decoder["val/psnr_original_decoder"], abs=1e-3)
+    assert table["1 step, original decoder"]["latent_mse"] == pytest.approx(student["val/latent_mse"], rel=1e-3)
+    assert table["copying the condition: decode(z_lr)"]["latent_mse"] == pytest.approx(student["val/latent_mse_copy"], rel=1e-3)
+    assert table["copying the condition: decode(z_lr)"]["val/psnr"] == pytest.approx(student["val/psnr_copy"], abs=1e-3)
+    assert all(line.split()[0] in ("teacher_x2", "student_x4") for line in stage_gates(result["metrics"]))
     side = read_rgb(result["side_by_side"])
     assert side.shape[-1] > 3 * read_rgb(result["sr_output"]).shape[-1]  # bicubic | SR | HR
     assert (Path(result["model"]) / "model_index.json").is_file()

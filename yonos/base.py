@@ -97,8 +97,9 @@ def tiny_unet_init(latent_size: int, seed: int, preset: str = "tiny", latent_cha
         torch.random.set_rng_state(generator_state)
 
 
-def load_prior_unet(path: str | Path) -> UNet2DConditionModel:
-    """The pretrained UNet of a PriorModule checkpoint (its EMA weights when the run used EMA)."""
+def load_prior_unet(path: str | Path) -> tuple[UNet2DConditionModel, str]:
+    """The pretrained UNet of a PriorModule checkpoint (its EMA weights when the run used EMA) and the
+    ``prediction_type`` it was trained with."""
     from yonos.modules.prior import PriorModule
 
     path = Path(path).expanduser()
@@ -110,7 +111,7 @@ def load_prior_unet(path: str | Path) -> UNet2DConditionModel:
         raise ValueError(f"--prior-ckpt: {path} is not a PriorModule checkpoint (no '{PriorModule.UNET_CONFIG_KEY}')")
     unet = UNet2DConditionModel.from_config(checkpoint[PriorModule.UNET_CONFIG_KEY])
     unet.load_state_dict({key.removeprefix("unet."): value for key, value in state.items() if key.startswith("unet.")})
-    return unet.eval()
+    return unet.eval(), str((checkpoint.get("hyper_parameters") or {}).get("prediction_type", "v_prediction"))
 
 
 def write_base(
@@ -125,7 +126,8 @@ def write_base(
     prediction_type: str = "v_prediction",
 ) -> Path:
     """Write the SD-layout folder to ``out``: the codec of ``codec_ckpt`` or the PCA codec of ``train_dir``, the
-    prior of ``prior_ckpt`` or a random UNet. Refuses a non-empty ``out`` unless ``overwrite``."""
+    prior of ``prior_ckpt`` (the scheduler then says the parameterisation the prior was trained with) or a random
+    UNet (``prediction_type`` in its scheduler). Refuses a non-empty ``out`` unless ``overwrite``."""
     out = Path(out).expanduser()
     if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"--out {out} exists and is not empty; pass --overwrite to replace it")
@@ -134,7 +136,7 @@ def write_base(
     codec = load_codec_checkpoint(codec_ckpt) if codec_ckpt is not None else fit_pca_codec(train_dir, latent_channels)
     latent_size = int(codec.vae.config.sample_size) // codec.downsample_factor
     if prior_ckpt is not None:
-        unet = load_prior_unet(prior_ckpt)
+        unet, prediction_type = load_prior_unet(prior_ckpt)
         if unet.config.in_channels != codec.latent_channels:
             raise ValueError(f"--prior-ckpt: its UNet takes {unet.config.in_channels} channels, the codec's latents have {codec.latent_channels}")
     else:

@@ -203,6 +203,13 @@ class TrainModeCheck(Callback):
             )
 
 
+def ema_decay(num_averaged: int, decay: float, warmup: bool) -> float:
+    """The EMA decay of the update after ``num_averaged`` averaged steps: ``decay``, or with warm-up
+    ``min(decay, (1 + n) / (10 + n))`` (diffusers' ``EMAModel`` warm-up rule), so that a run of a few hundred steps
+    is not dominated by its first weights (with 0.99 from step 1, 13 % of a 200-step average is step 1's)."""
+    return min(decay, (1 + num_averaged) / (10 + num_averaged)) if warmup else decay
+
+
 class TrainableEMA(EMAWeightAveraging):
     """Lightning's ``EMAWeightAveraging`` over the parameters that train, and nothing else.
 
@@ -214,6 +221,8 @@ class TrainableEMA(EMAWeightAveraging):
     and checkpoints keep Lightning's layout: ``state_dict`` holds the average in place of the trainable weights
     (frozen weights as they are), ``current_model_state`` the live weights, so ``--ckpt_path`` resumes both. A save
     after ``fit`` (the chain's ``final.ckpt``) has no ``current_model_state``: the live weights are the average then.
+
+    ``warmup=True`` ramps the decay up as :func:`ema_decay` says (short runs: the tiny yamls).
     """
 
     def __init__(
@@ -222,11 +231,18 @@ class TrainableEMA(EMAWeightAveraging):
         update_every_n_steps: int = 1,
         update_starting_at_step: int | None = None,
         device: torch.device | str | int | None = None,
+        warmup: bool = False,
     ) -> None:
         super().__init__(
             device=device, use_buffers=False, decay=decay, update_every_n_steps=update_every_n_steps,
             update_starting_at_step=update_starting_at_step,
         )
+
+        def average(averaged: Tensor, current: Tensor, num_averaged: Tensor | int) -> Tensor:
+            d = ema_decay(int(num_averaged), decay, warmup)
+            return d * averaged + (1.0 - d) * current
+
+        self._kwargs["avg_fn"] = average
         self._names: list[str] = []
         self._live: nn.ParameterList | None = None
         self._applied = False  # True once fit ended and the average was copied into the live weights

@@ -21,7 +21,7 @@ from yonos.data import SRDataModule
 from yonos.degradations import bicubic_downsample, upsample_to
 from yonos.images import read_rgb, save_image_atomic
 from yonos.metrics import psnr_y, ssim_y
-from yonos.samples import prepare_samples
+from yonos.samples import VAL_TILE_SIZES, prepare_samples
 from yonos.seeds import validation_seed
 
 SCALE = 4
@@ -92,14 +92,41 @@ def comparison_table(student_ckpt: Path, decoder_ckpt: Path, val_dir: Path, hr_s
             "copying the condition: decode(z_lr)": {**_score(copy, hr), "latent_mse": latent_mse(z_lr)},
         }
     for name, pipeline in (("original decoder", original), ("fine-tuned decoder", tuned)):
+        pipeline.set_progress_bar_config(disable=True)
         for color_fix in ("none", "wavelet"):
             generators = [torch.Generator().manual_seed(seed) for seed in seeds]
             sr = pipeline(lr, num_inference_steps=1, generator=generators, tile_size=None, color_fix=color_fix, output_type="pt").images
-            row = _score(sr, hr)
-            if name == "original decoder" and color_fix == "none":
-                row["latent_mse"] = latent_mse(z_0)
+            row = {**_score(sr, hr), "latent_mse": latent_mse(z_0)}  # the same one-step latent z_0 in all four rows
             table[f"1 step, {name}" + (", colour fix" if color_fix != "none" else "")] = row
     return table
+
+
+def format_table(tables: dict[str, dict[str, dict[str, float]]], counts: dict[str, str]) -> list[str]:
+    """The comparison tables side by side: one row per method, PSNR-Y / SSIM-Y / latent MSE per crop set."""
+    names = list(tables)
+    header = f"  {'x4, held-out crops':<42}" + "".join(f" | {counts[n]:^27}" for n in names)
+    columns = f"  {'':<42}" + " | ".join(["", *[f"{'PSNR-Y':>8} {'SSIM-Y':>7} {'lat.MSE':>9}" for _ in names]])
+    lines = [header, columns]
+    for row in tables[names[0]]:
+        cells = []
+        for n in names:
+            values = tables[n][row]
+            mse = f"{values['latent_mse']:>9.5f}" if "latent_mse" in values else f"{'':>9}"
+            cells.append(f"{values['val/psnr']:>8.2f} {values['val/ssim']:>7.4f} {mse}")
+        lines.append(f"  {row:<42} | " + " | ".join(cells))
+    return lines
+
+
+def stage_gates(metrics: dict[str, dict[str, float]]) -> list[str]:
+    """One line per SR stage: its one-step latent MSE to z_hr beside copying its condition z_lr, and the verdict."""
+    lines = []
+    for name, values in metrics.items():
+        if "val/latent_mse" not in values or name.startswith("decoder"):
+            continue
+        model, copy = values["val/latent_mse"], values["val/latent_mse_copy"]
+        verdict = "beats copying its condition" if model < copy else "does NOT beat copying its condition: has not learned SR"
+        lines.append(f"  {name:<12} one-step latent MSE {model:.5f}   copying z_lr {copy:.5f}   {verdict}")
+    return lines
 
 
 def side_by_side(lr_path: Path, sr_path: Path, hr: torch.Tensor, out: Path) -> Path:
@@ -117,14 +144,20 @@ def run_demo(
     out_dir: str = "outputs/tiny/chain",
     max_steps: int | None = None,
     hr_size: int | None = None,
+    seed: int = 0,
 ) -> dict[str, object]:
-    """Run the demo; returns the paths written, each stage's validation metrics and the comparison table."""
+    """Run the demo with every stage seeded by ``seed`` (``seed_everything``; the validation noise too); returns
+    the paths written, each stage's validation metrics and the comparison tables (one per held-out crop set)."""
+    from diffusers.utils import logging as diffusers_logging
+
     from yonos.export import export_pipeline
     from yonos.upscale import main as upscale
 
+    diffusers_logging.disable_progress_bar()  # "Loading pipeline components": noise on the demo's console
+
     samples = prepare_samples(data_dir)
     out, data = Path(out_dir), Path(data_dir)
-    budget: list[str] = []
+    budget: list[str] = [f"--seed_everything={seed}"]
     if max_steps is not None:
         budget += [f"--trainer.max_steps={max_steps}", f"--trainer.val_check_interval={max_steps}"]
     if hr_size is not None:
@@ -141,13 +174,18 @@ def run_demo(
     height, width = (s - s % SCALE for s in hr.shape[-2:])
     lr_path = save_image_atomic(bicubic_downsample(hr[None, :, :height, :width], SCALE)[0], out / "demo_input" / samples["val"][0].name)
     upscaled_dir = out / "upscaled"
-    upscale([str(lr_path), "-o", str(upscaled_dir), "--model", str(model_dir), "--steps", "1", "--seed", "0", "--overwrite"])
+    upscale([str(lr_path), "-o", str(upscaled_dir), "--model", str(model_dir), "--steps", "1", "--seed", str(seed), "--overwrite"])
     sr_path = upscaled_dir / f"{lr_path.stem}.png"
     comparison = side_by_side(lr_path, sr_path, hr, out / "side_by_side" / f"{lr_path.stem}.png")
 
-    # The comparison on the held-out crops (the same LR images and crops as the stages' validation).
+    # The comparison on the held-out crops: the stages' validation crops (same LR images) and the 64 px tiles.
     names = list(finals)
-    table = comparison_table(finals[names[-2]], finals[names[-1]], data / "val_crops", hr_size or 128)
+    folders = {"val_crops": hr_size or VAL_TILE_SIZES["val_crops"], "val_crops_64": VAL_TILE_SIZES["val_crops_64"]}
+    tables = {
+        folder: comparison_table(finals[names[-2]], finals[names[-1]], data / folder, size, seed)
+        for folder, size in folders.items()
+        if (data / folder).is_dir()
+    }
     return {
         "checkpoints": finals,
         "model": model_dir,
@@ -156,18 +194,25 @@ def run_demo(
         "side_by_side": comparison,
         "tensorboard": out,
         "metrics": metrics,
-        "table": table,
+        "tables": tables,
     }
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = command_parser("yonos demo", __doc__)
     parser.add_argument("--data-dir", default="data/samples", help="the sample photos (written by prepare-samples if absent)")
-    parser.add_argument("--out-dir", default="outputs/tiny/chain", help="root folder of the stages, the pipeline and the images")
+    parser.add_argument(
+        "--out-dir", default=None,
+        help="root folder of the stages, the pipeline and the images (default outputs/tiny/chain, or "
+        "outputs/tiny/chain_seed{N} for --seed N other than 0); finished stages there are not trained again",
+    )
     parser.add_argument("--max-steps", type=int, default=None, help="override trainer.max_steps of every stage")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every stage (seed_everything) and of the sampling noise")
     args = parse(parser, argv)
-    result = run_demo(data_dir=args.data_dir, out_dir=args.out_dir, max_steps=args.max_steps)
-    print("\nYONOS-SR demo finished (tiny models from the shipped base yonos:tiny-sd, trained here on the CPU).")
+    out_dir = args.out_dir or ("outputs/tiny/chain" if args.seed == 0 else f"outputs/tiny/chain_seed{args.seed}")
+    result = run_demo(data_dir=args.data_dir, out_dir=out_dir, max_steps=args.max_steps, seed=args.seed)
+    print(f"\nYONOS-SR demo finished, seed {args.seed} (tiny models from the shipped base yonos:tiny-sd; stages trained "
+          f"here on the CPU: {', '.join(result['checkpoints'])}).")
     for name, path in result["checkpoints"].items():
         print(f"  {name:<14} {path}")
     print(f"  {'pipeline':<14} {result['model']}")
@@ -175,7 +220,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  {'sr_output':<14} {result['sr_output']}  (x4, one DDIM step, yonos upscale)")
     print(f"  {'side_by_side':<14} {result['side_by_side']}  (bicubic | SR | HR)")
     print(f"  {'tensorboard':<14} tensorboard --logdir {result['tensorboard']}")
-    count = len(list(Path(args.data_dir, "val_crops").glob("*.png")))
-    print(f"\n  x4 on the {count} validation crops{'':<14} PSNR-Y    SSIM-Y")
-    for row, values in result["table"].items():
-        print(f"  {row:<42} {values['val/psnr']:>8.2f} {values['val/ssim']:>9.4f}")
+    print("\n  Stage gates on the 128 px held-out crops (a stage that does not beat copying its condition has not learned):")
+    for line in stage_gates(result["metrics"]):
+        print(line)
+    counts = {
+        folder: f"{len(list(Path(args.data_dir, folder).glob('*.png')))} x {VAL_TILE_SIZES[folder]} px crops" for folder in result["tables"]
+    }
+    print()
+    for line in format_table(result["tables"], counts):
+        print(line)

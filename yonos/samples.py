@@ -1,6 +1,6 @@
 """The embedded default data: the natural photos that ship inside the scikit-image wheel (colour photos and grey
 photos and textures; PSNR-Y is measured on luma), written as PNG folders, and the held-out validation crops
-(non-overlapping tiles of the validation photos). The two views of the stereo motorcycle pair stay on one side.
+(non-overlapping 128 px and 64 px tiles of the validation photos). The two views of the stereo motorcycle pair stay on one side.
 
 No network: ``skimage.data`` reads these from its own package files.
 """
@@ -23,6 +23,8 @@ TRAIN_PHOTOS = (
 VAL_PHOTOS = ("chelsea", "rocket", "gravel", "clock")
 """Held out from every training step (codec, prior and SR stages): two colour photos, a grey texture, a grey photo."""
 TRAIN_CROPS_PER_PHOTO = 3
+VAL_TILE_SIZES = {"val_crops": 128, "val_crops_64": 64}
+"""Held-out tile folders and their tile sizes: the stages validate on ``val_crops``; the demo scores both."""
 
 
 def _photo(name: str) -> np.ndarray:
@@ -55,22 +57,25 @@ def tiles(image: torch.Tensor, size: int) -> dict[str, torch.Tensor]:
 
 def prepare_samples(out_dir: str | Path = "data/samples", max_side: int = 512, crop_size: int = 128) -> dict[str, list[Path]]:
     """Write ``out_dir/train``, ``out_dir/val`` (PNG, longest side <= max_side), ``out_dir/val_crops`` (every
-    ``crop_size`` tile of the validation photos: more held-out crops than photos) and ``out_dir/train_crops`` (a
-    few tiles of each training photo: the curve development choices are made on); existing files are kept."""
+    ``crop_size`` tile of the validation photos: more held-out crops than photos), ``out_dir/val_crops_64`` (every
+    64 px tile of them) and ``out_dir/train_crops`` (a few tiles of each training photo: the curve development
+    choices are made on); existing files are kept."""
     out_dir = Path(out_dir)
-    written: dict[str, list[Path]] = {"train": [], "val": [], "val_crops": []}
+    sizes = {**VAL_TILE_SIZES, "val_crops": crop_size}
+    written: dict[str, list[Path]] = {"train": [], "val": [], **{folder: [] for folder in sizes}}
     for split, names in (("train", TRAIN_PHOTOS), ("val", VAL_PHOTOS)):
         for name in names:
             path = out_dir / split / f"{name}.png"
             if not path.exists():
                 save_image_atomic(_resized(_photo(name), max_side), path)
             written[split].append(path)
-    for name in VAL_PHOTOS:
-        for tile_name, tile in tiles(_read(out_dir / "val" / f"{name}.png"), crop_size).items():
-            path = out_dir / "val_crops" / f"{name}_{tile_name}.png"
-            if not path.exists():
-                save_image_atomic(tile, path)
-            written["val_crops"].append(path)
+    for folder, size in sizes.items():
+        for name in VAL_PHOTOS:
+            for tile_name, tile in tiles(_read(out_dir / "val" / f"{name}.png"), size).items():
+                path = out_dir / folder / f"{name}_{tile_name}.png"
+                if not path.exists():
+                    save_image_atomic(tile, path)
+                written[folder].append(path)
     # Development decisions are measured on the training split: a few fixed tiles of each training photo.
     written["train_crops"] = []
     for name in TRAIN_PHOTOS:

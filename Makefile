@@ -14,7 +14,7 @@ PARITY_TESTS ?= tests/test_degradations_parity.py tests/test_degradations_kernel
 	tests/test_metrics.py tests/test_evaluate.py::test_iqa_weights_missing_offline_name_every_file
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast test-parity clean
+.PHONY: help install demo tiny-base test test-fast test-parity clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -30,6 +30,17 @@ install: $(VENV)/.installed ## Create the virtualenv and install yonos with its 
 
 demo: install ## The whole method on the bundled photos (CPU, minutes): teacher x2, student x4, decoder, export, upscale
 	$(VENV)/bin/yonos demo
+
+# The shipped tiny base, rebuilt from scratch: the block-PCA codec (seconds), the UNet prior (experiments/tiny/
+# prior.yaml: on a GPU when one is visible, else the CPU), then the folder yonos/assets/tiny-sd. TINY_BASE_OUT
+# writes it elsewhere.
+TINY_BASE_OUT ?= yonos/assets/tiny-sd
+tiny-base: install ## Rebuild the shipped tiny SD base (codec, UNet prior): about 15 min on one CPU thread
+	$(VENV)/bin/yonos prepare-samples
+	$(VENV)/bin/yonos make-base --data data/samples/train --out outputs/tiny/base_random --seed 0 --overwrite
+	OMP_NUM_THREADS=1 $(VENV)/bin/yonos fit -c experiments/tiny/prior.yaml
+	$(VENV)/bin/yonos make-base --data data/samples/train --prior-ckpt outputs/tiny/prior/checkpoints/last.ckpt \
+		--out $(TINY_BASE_OUT) --overwrite
 
 test: install ## Run the test suite (offline, CPU)
 	HF_HUB_OFFLINE=1 YONOS_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)

@@ -12,6 +12,7 @@ from torch.testing import assert_close
 from yonos.diffusion import (
     add_noise,
     ddim_sample,
+    linear_x0,
     make_scheduler,
     parameterisation_mismatch,
     predict_x0,
@@ -206,3 +207,22 @@ def test_parameterisation_mismatch_with_the_base_model_is_explained():
     perfect_eps = z_t  # at t = 999 z_t is almost pure noise: the ideal eps output is ~z_t
     x0_read_as_v = predict_x0(perfect_eps, z_t, t, alphas_cumprod, "v_prediction")
     assert_close(x0_read_as_v, -0.93 * z_t, rtol=0.01, atol=1e-3)
+
+
+@pytest.mark.parametrize("timestep", [10, 500, 999])
+def test_linear_x0_is_the_wiener_estimator_of_gaussian_channels(timestep: int):
+    """On Gaussian channels with known statistics the prior's gate reaches the closed-form minimum MSE
+    var sigma^2 / (alpha^2 var + sigma^2), below both returning the mean and inverting the noise scaling."""
+    alphas_cumprod = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).alphas_cumprod
+    generator = torch.Generator().manual_seed(0)
+    mean, var = torch.tensor([0.5, -1.0]).view(1, 2, 1, 1), torch.tensor([0.2, 2.0]).view(1, 2, 1, 1)
+    z_0 = mean + var.sqrt() * torch.randn(20000, 2, 4, 4, generator=generator, dtype=torch.float64)
+    eps = torch.randn(z_0.shape, generator=generator, dtype=torch.float64)
+    t = torch.full((z_0.shape[0],), timestep)
+    z_t = add_noise(z_0, eps, t, alphas_cumprod.double())
+    estimate = linear_x0(z_t, t, alphas_cumprod.double(), mean, var)
+    alpha2 = alphas_cumprod[timestep].double()
+    expected = (var * (1 - alpha2) / (alpha2 * var + 1 - alpha2)).mean()
+    mse = (estimate - z_0).pow(2).mean()
+    assert mse == pytest.approx(float(expected), rel=0.03)
+    assert mse < (mean - z_0).pow(2).mean() and mse < (z_t / alpha2.sqrt() - z_0).pow(2).mean()

@@ -200,3 +200,22 @@ def test_a_prediction_type_other_than_the_base_models_is_warned_about(sd_folder:
         warnings.simplefilter("error", UserWarning)
         _module(backbone=BackboneConfig(pretrained=str(sd_folder)), prediction_type="epsilon")
         _module(prediction_type="v_prediction")  # no base model, nothing to disagree with
+        # A zeroed output layer drops the pretrained head: its parameterisation no longer matters.
+        _module(backbone=BackboneConfig(pretrained=str(sd_folder)), prediction_type="sample", zero_output_init=True)
+
+
+def test_zero_output_init_with_the_residual_target_starts_at_copying_the_condition():
+    """With x0 (sample) prediction of the residual, a zeroed conv_out makes the one-step output exactly z_lr: the
+    gate's two MSEs agree at step 0. Without the zero init, the random head's output is added to z_lr."""
+    batch = _fixed_batch()
+    hr, lr = batch["hr"], batch["lr_x2"]
+    zeroed = _module(target="residual", prediction_type="sample", zero_output_init=True)
+    assert not zeroed.denoiser.unet.conv_out.weight.any() and not zeroed.denoiser.unet.conv_out.bias.any()
+    assert zeroed.denoiser.training  # from_pretrained / build returns eval mode; the trained UNet trains
+    with torch.no_grad():
+        z_0, z_lr, _, _ = zeroed.gate(hr, lr, [0, 1])
+    assert_close(z_0, z_lr)
+    kept = _module(target="residual", prediction_type="sample")
+    with torch.no_grad():
+        z_0, z_lr, _, _ = kept.gate(hr, lr, [0, 1])
+    assert (z_0 - z_lr).abs().max() > 1e-3

@@ -88,6 +88,10 @@ QUIET_ON_CONSOLE: list[str] = [
     # yonos modules keep their frozen parts (VAE, teacher UNet, metric networks) in eval mode on purpose;
     # yonos.callbacks.TrainModeCheck warns instead when eval mode changes what a trained part computes.
     r"^Found \d+ module\(s\) in eval mode at the start of training",
+    # Routine progress notes: the seed is in the run's config.yaml, the checkpoint in the command line, and the
+    # progress bar shows that max_steps was reached.
+    r"^Seed set to \d+$", r"^Restoring states from the checkpoint path at ", r"^Loaded model weights from the checkpoint at ",
+    r"^`Trainer.fit` stopped: `max_steps=\d+` reached\.$",
 ]
 """Regular expressions (``re.search``) of log messages and warnings shown in the run's console.log only."""
 

@@ -9,6 +9,7 @@ codec's own ceilings, one step with the original and with the fine-tuned decoder
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -47,14 +48,23 @@ def _validate_stages(finals: dict[str, Path], configs: tuple[str, ...], out: Pat
     """Each stage's validation metrics on the same validation images."""
     metrics: dict[str, dict[str, float]] = {}
     names = list(finals)
-    for position, (name, config) in enumerate(zip(names, configs)):
-        arguments = ["validate", "-c", config, *_stage_overrides(out / name, data), *budget, f"--ckpt_path={finals[name]}"]
-        kind = name.split("_")[0]
-        if kind in INPUT_KEYS:
-            arguments.append(f"--model.init_args.{INPUT_KEYS[kind]}={finals[names[position - 1]]}")
-        if kind == "decoder":
-            arguments.append(f"--data.scales=[{name.rsplit('x', 1)[1]}]")
-        metrics[name] = {key: float(value) for key, value in run(arguments).trainer.callback_metrics.items()}
+    gate_log = logging.getLogger("yonos")  # each stage said its gate verdict while training; failures still show
+    level = gate_log.level
+    gate_log.setLevel(logging.WARNING)
+    try:
+        for position, (name, config) in enumerate(zip(names, configs)):
+            arguments = [
+                "validate", "-c", config, *_stage_overrides(out / name, data), *budget, f"--ckpt_path={finals[name]}",
+                "--verbose=false", "--trainer.enable_progress_bar=false",  # the console shows the table at the end
+            ]
+            kind = name.split("_")[0]
+            if kind in INPUT_KEYS:
+                arguments.append(f"--model.init_args.{INPUT_KEYS[kind]}={finals[names[position - 1]]}")
+            if kind == "decoder":
+                arguments.append(f"--data.scales=[{name.rsplit('x', 1)[1]}]")
+            metrics[name] = {key: float(value) for key, value in run(arguments).trainer.callback_metrics.items()}
+    finally:
+        gate_log.setLevel(level)
     return metrics
 
 

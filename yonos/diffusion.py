@@ -113,6 +113,14 @@ def add_noise(z_0: Tensor, eps: Tensor, t: Tensor, alphas_cumprod: Tensor) -> Te
     return alpha.to(z_0.dtype) * z_0 + sigma.to(z_0.dtype) * eps
 
 
+def linear_x0(z_t: Tensor, t: Tensor, alphas_cumprod: Tensor, mean: Tensor, var: Tensor) -> Tensor:
+    """The best per-channel linear denoiser (Wiener shrinkage) of z_0 with channel ``mean`` and ``var``
+    (broadcast to z_t): mean + alpha var / (alpha^2 var + sigma^2) * (z_t - alpha mean). What a denoiser that
+    learned nothing about images beyond their channel statistics scores: the prior's gate."""
+    alpha, sigma = alpha_sigma(alphas_cumprod, t)
+    return mean + alpha * var / (alpha**2 * var + sigma**2) * (z_t - alpha * mean)
+
+
 def training_target(
     z_0: Tensor, eps: Tensor, t: Tensor, alphas_cumprod: Tensor, prediction_type: PredictionType
 ) -> Tensor:

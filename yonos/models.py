@@ -346,9 +346,10 @@ class LatentCodec(nn.Module):
         """``vae/`` of an SD folder: an ``AutoencoderKL``, or the class its config names when that is yonos' own
         (:class:`yonos.pca_vae.BlockPCAAutoencoder`, the tiny base's codec)."""
         vae_class: type = AutoencoderKL
-        if _is_local(name):
-            config = Path(name).expanduser() / "vae" / "config.json"
-            if config.is_file() and json.loads(config.read_text()).get("_class_name") == BlockPCAAutoencoder.__name__:
+        if _is_local(name) and Path(name).expanduser().is_dir():
+            _require_component(Path(name).expanduser(), "vae", "diffusion_pytorch_model")  # names what is missing
+            config = json.loads((Path(name).expanduser() / "vae" / "config.json").read_text())
+            if config.get("_class_name") == BlockPCAAutoencoder.__name__:
                 vae_class = BlockPCAAutoencoder
         return cls(_load(vae_class, name, "vae", revision))
 

@@ -9,6 +9,8 @@ convention), so the validation number is not the objective the decoder descends.
 
 from __future__ import annotations
 
+import logging
+
 import copy
 from typing import Any
 
@@ -219,6 +221,18 @@ class DecoderFinetuneModule(pl.LightningModule):
 
     def validation_step(self, batch: SRBatch, batch_idx: int) -> None:
         self._evaluation_step(batch, batch_idx, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        """One line in the log: PSNR-Y / SSIM-Y of the fine-tuned beside the original decoder, same latents."""
+        if self.val_metrics.psnr.update_count == 0:
+            return
+        tuned = float(self.val_metrics.psnr.compute()), float(self.val_metrics.ssim.compute())  # every rank: a sync
+        original = float(self.val_metrics_original.psnr.compute()), float(self.val_metrics_original.ssim.compute())
+        if self.global_rank == 0:
+            logging.getLogger("yonos").info(
+                f"val ({type(self).__name__}, step {self.global_step}): PSNR-Y {tuned[0]:.2f} dB, SSIM-Y {tuned[1]:.4f} "
+                f"with the fine-tuned decoder; original decoder {original[0]:.2f} dB, {original[1]:.4f}"
+            )
 
     def test_step(self, batch: SRBatch, batch_idx: int) -> None:
         self._evaluation_step(batch, batch_idx, "test")

@@ -5,6 +5,7 @@ parameterisation that ``yonos make-base`` writes into the base's scheduler confi
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import asdict
 from typing import Any
@@ -20,6 +21,7 @@ from yonos.diffusion import (
     LossWeighting,
     PredictionType,
     add_noise,
+    linear_x0,
     load_scheduler_config,
     make_scheduler,
     parameterisation_mismatch,
@@ -32,6 +34,7 @@ from yonos.modules.common import configure_optimizer, encode_fp32, shared
 from yonos.seeds import TrainingStream, validation_generator
 
 VAL_TIMESTEPS = (99, 499, 899, 999)
+log = logging.getLogger("yonos")
 """Timesteps of the validation losses (val/x0_mse_t{t}): fixed, so the curve compares across steps and runs."""
 
 
@@ -101,8 +104,23 @@ class PriorModule(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=z_0.shape[0])
         return loss
 
+    def on_validation_epoch_start(self) -> None:
+        self._gate = {t: torch.zeros(3, dtype=torch.float64) for t in VAL_TIMESTEPS}  # (model, linear, count)
+
+    def on_validation_epoch_end(self) -> None:
+        """Say in the log whether the prior beats the best per-channel linear denoiser at every timestep."""
+        gate = {t: sums for t, sums in getattr(self, "_gate", {}).items() if sums[2] > 0}
+        if not gate or self.global_rank != 0:
+            return
+        pairs = ", ".join(f"t={t}: {s[0] / s[2]:.4f} vs {s[1] / s[2]:.4f}" for t, s in gate.items())
+        if all(s[0] < s[1] for s in gate.values()):
+            log.info(f"prior: x0 MSE beats the best per-channel linear denoiser at every timestep ({pairs})")
+        else:
+            log.warning(f"prior: x0 MSE does NOT beat the best per-channel linear denoiser everywhere ({pairs}): not learned yet")
+
     def validation_step(self, batch: SRBatch, batch_idx: int) -> None:
-        """The unweighted x0 MSE at fixed timesteps, with noise seeded from the sample index."""
+        """The unweighted x0 MSE at fixed timesteps, with noise seeded from the sample index, and beside it the
+        gate: the x0 MSE of the best per-channel linear denoiser with the batch's channel statistics."""
         z_0 = encode_fp32(self.codec, batch["hr"])
         seeds = batch["index"].tolist()
         eps = torch.cat([
@@ -114,14 +132,20 @@ class PriorModule(pl.LightningModule):
             z_t = add_noise(z_0, eps, t, self.alphas_cumprod)
             output = self.unet(z_t, t, encoder_hidden_states=self.context.expand(z_0.shape[0], -1, -1)).sample.float()
             mse = (predict_x0(output, z_t, t, self.alphas_cumprod, self.prediction_type) - z_0).pow(2).mean()
+            mean, var = z_0.mean((0, 2, 3), keepdim=True), z_0.var((0, 2, 3), keepdim=True)
+            linear = (linear_x0(z_t, t, self.alphas_cumprod, mean, var) - z_0).pow(2).mean()
             self.log(f"val/x0_mse_t{timestep}", mse, batch_size=z_0.shape[0], sync_dist=True)
+            self.log(f"val/x0_mse_linear_t{timestep}", linear, batch_size=z_0.shape[0], sync_dist=True)
+            if hasattr(self, "_gate"):
+                self._gate[timestep] += torch.tensor([float(mse), float(linear), 1.0], dtype=torch.float64) * z_0.shape[0]
 
     def configure_optimizers(self) -> Any:
         return configure_optimizer(list(self.unet.parameters()), self.optimizer_factory, self.lr_scheduler_factory)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.stream.save(checkpoint)
-        checkpoint[self.UNET_CONFIG_KEY] = dict(self.unet.config)
+        # Plain values only (diffusers' private keys hold a pathlib path), so weights_only loading reads it.
+        checkpoint[self.UNET_CONFIG_KEY] = {k: v for k, v in self.unet.config.items() if not k.startswith("_")}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.stream.load(checkpoint)

@@ -53,6 +53,7 @@ class TeacherModule(pl.LightningModule):
         loss_weighting: LossWeighting = "one_plus_snr",
         rescale_betas_zero_snr: bool = False,
         last_timestep_prob: float = 0.0,
+        zero_output_init: bool = False,
         val_num_steps: int = 1,
         val_extra_steps: list[int] | None = None,
         lpips_net: LPIPSChoice = "alex",
@@ -74,6 +75,9 @@ class TeacherModule(pl.LightningModule):
             rescale_betas_zero_snr: rescale the schedule to zero terminal SNR (Lin et al. 2024).
             last_timestep_prob: fraction of training samples whose timestep is the one-step sampler's T - 1
                 instead of uniform (0 = the paper's uniform sampling).
+            zero_output_init: start the UNet's output convolution at zero (ControlNet-style zero init): with
+                ``target: residual`` the first one-step outputs are close to the condition z_lr instead of the
+                pretrained head's answer to another question (its output is absolute latents, or noise).
             val_num_steps: DDIM steps of validation, test and predict (1 = YONOS-SR); metrics val/psnr, ...
             val_extra_steps: more step counts to validate at, logged as val/psnr_{n}steps, ...
             lpips_net: LPIPS backbone for validation, or none. Its pretrained weights must be available.
@@ -95,12 +99,17 @@ class TeacherModule(pl.LightningModule):
         self.model_card = model_card(backbone, scale, prediction_type, rescale_betas_zero_snr, loss_weighting, target)
         self.optimizer_factory, self.lr_scheduler_factory = shared(optimizer), shared(lr_scheduler)  # see SharedFactory
 
-        self.denoiser = build_denoiser(backbone)
+        self.denoiser = build_denoiser(backbone).train()  # from_pretrained returns eval mode
+        if zero_output_init:
+            torch.nn.init.zeros_(self.denoiser.unet.conv_out.weight)
+            torch.nn.init.zeros_(self.denoiser.unet.conv_out.bias)
         if gradient_checkpointing:
             self.denoiser.unet.enable_gradient_checkpointing()
         self.codec = build_codec(backbone).eval().requires_grad_(False)
         source = scheduler_source(backbone)
-        if backbone.pretrained and (mismatch := parameterisation_mismatch(load_scheduler_config(source), prediction_type)):
+        # A zeroed output layer discards the pretrained head, and with it the parameterisation it was trained in.
+        pretrained_head = backbone.pretrained and not zero_output_init
+        if pretrained_head and (mismatch := parameterisation_mismatch(load_scheduler_config(source), prediction_type)):
             warnings.warn(mismatch, stacklevel=2)
         self.scheduler = make_scheduler(source, prediction_type, rescale_betas_zero_snr)
         if not 0.0 <= last_timestep_prob <= 1.0:

@@ -174,11 +174,12 @@ class SRValidation(nn.Module):
         if verdict is None or module.global_rank != 0:
             return
         model, copy = verdict
+        where = f"{prefix} ({type(module).__name__}, step {module.global_step})"
         if model < copy:
-            log.info(f"{prefix}: one-step latent MSE {model:.5f} beats copying the condition ({copy:.5f}): {copy / model:.2f}x")
+            log.info(f"{where}: one-step latent MSE {model:.5f} beats copying the condition z_lr ({copy:.5f}) {copy / model:.2f}x")
         else:
             log.warning(
-                f"{prefix}: one-step latent MSE {model:.5f} does NOT beat copying the condition z_lr ({copy:.5f}, "
+                f"{where}: one-step latent MSE {model:.5f} does NOT beat copying the condition z_lr ({copy:.5f}, "
                 f"{model / copy:.1f}x lower): this stage has not learned super-resolution yet"
             )
 

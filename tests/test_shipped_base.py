@@ -96,18 +96,24 @@ def test_shipped_base_is_an_sd_folder_of_the_stated_size():
 
 
 @pytest.mark.slow
-def test_teacher_trained_by_the_tiny_yaml_beats_copying_its_condition(held_out, tmp_path: Path, monkeypatch, one_thread):
-    """The demo's first stage, with its yaml's whole budget, on the held-out crops: its one-step latent MSE to
-    z_hr is below that of copying its condition z_lr (the gate of every SR stage)."""
+def test_stages_trained_by_the_tiny_yamls_beat_copying_their_condition(tmp_path: Path, monkeypatch):
+    """The demo's teacher x2 and student x4, with their yamls' whole budgets, validated on the held-out 128 px
+    crops: each one-step latent MSE to z_hr is below that of copying the stage's own condition z_lr."""
+    from yonos.chain import run_chain
     from yonos.cli import run
 
     samples = tmp_path / "samples"
     prepare_samples(samples)
     monkeypatch.chdir(ROOT)
-    cli = run([
-        "fit", "-c", "experiments/tiny/teacher_x2.yaml", f"--data.train_dir={samples / 'train'}",
-        f"--data.val_dir={samples / 'val_crops'}", f"--trainer.default_root_dir={tmp_path / 'teacher'}",
-        f"--trainer.logger.init_args.save_dir={tmp_path / 'teacher'}",
-    ])
-    metrics = cli.trainer.callback_metrics
-    assert float(metrics["val/latent_mse"]) < 0.9 * float(metrics["val/latent_mse_copy"])
+    configs = ["experiments/tiny/teacher_x2.yaml", "experiments/tiny/distill_x2_to_x4.yaml"]
+    data = [f"--data.train_dir={samples / 'train'}", f"--data.val_dir={samples / 'val_crops'}"]
+    finals = run_chain(configs, tmp_path / "chain", extra=data, isolate=False)
+    for position, (name, config) in enumerate(zip(finals, configs)):
+        arguments = [
+            "validate", "-c", config, *data, f"--ckpt_path={finals[name]}", f"--trainer.default_root_dir={tmp_path / name}",
+            f"--trainer.logger.init_args.save_dir={tmp_path / name}",
+        ]
+        if position:
+            arguments.append(f"--model.init_args.teacher_ckpt={finals['teacher_x2']}")
+        metrics = run(arguments).trainer.callback_metrics
+        assert float(metrics["val/latent_mse"]) < 0.9 * float(metrics["val/latent_mse_copy"]), name

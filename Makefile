@@ -38,6 +38,7 @@ TINY_BASE_OUT ?= yonos/assets/tiny-sd
 tiny-base: install ## Rebuild the shipped tiny SD base (codec, UNet prior): about 15 min on one CPU thread
 	$(VENV)/bin/yonos prepare-samples
 	$(VENV)/bin/yonos make-base --data data/samples/train --out outputs/tiny/base_random --seed 0 --overwrite
+	rm -rf outputs/tiny/prior  # a fresh run: no checkpoints of an earlier one beside this one's
 	OMP_NUM_THREADS=1 $(VENV)/bin/yonos fit -c experiments/tiny/prior.yaml
 	$(VENV)/bin/yonos make-base --data data/samples/train --prior-ckpt outputs/tiny/prior/checkpoints/last.ckpt \
 		--out $(TINY_BASE_OUT) --overwrite

@@ -94,7 +94,7 @@ def codec_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_make_base_folder_loads_as_a_stable_diffusion_folder(codec_ckpt: Path, tmp_path: Path):
-    out = write_base(codec_ckpt, tmp_path / "base", seed=3)
+    out = write_base(tmp_path / "base", codec_ckpt=codec_ckpt, seed=3)
     index = json.loads((out / "model_index.json").read_text())
     assert index["_class_name"] == "StableDiffusionPipeline" and index["vae"] == ["diffusers", "AutoencoderKL"]
     backbone = BackboneConfig(pretrained=str(out))
@@ -107,8 +107,8 @@ def test_make_base_folder_loads_as_a_stable_diffusion_folder(codec_ckpt: Path, t
     assert denoiser.unet.config.in_channels == 8  # SD's 4 channels, widened as for a real SD UNet
     assert scheduler_source(backbone) == str(out / "scheduler")
     # The UNet init is the seed's: the same seed gives the same weights, another seed others.
-    again = build_denoiser(BackboneConfig(pretrained=str(write_base(codec_ckpt, tmp_path / "again", seed=3))))
-    other = build_denoiser(BackboneConfig(pretrained=str(write_base(codec_ckpt, tmp_path / "other", seed=4))))
+    again = build_denoiser(BackboneConfig(pretrained=str(write_base(tmp_path / "again", codec_ckpt=codec_ckpt, seed=3))))
+    other = build_denoiser(BackboneConfig(pretrained=str(write_base(tmp_path / "other", codec_ckpt=codec_ckpt, seed=4))))
     weight = "unet.conv_out.weight"
     assert torch.equal(again.state_dict()[weight], denoiser.state_dict()[weight])
     assert not torch.equal(other.state_dict()[weight], denoiser.state_dict()[weight])
@@ -118,13 +118,13 @@ def test_make_base_folder_loads_as_a_stable_diffusion_folder(codec_ckpt: Path, t
 
 
 def test_make_base_refuses_to_overwrite_and_names_bad_checkpoints(codec_ckpt: Path, teacher_ckpt: Path, tmp_path: Path):
-    out = write_base(codec_ckpt, tmp_path / "base")
+    out = write_base(tmp_path / "base", codec_ckpt=codec_ckpt)
     with pytest.raises(FileExistsError, match="--overwrite"):
-        write_base(codec_ckpt, out)
+        write_base(out, codec_ckpt=codec_ckpt)
     with pytest.raises(ValueError, match="not a CodecModule checkpoint"):
-        write_base(teacher_ckpt, tmp_path / "bad")
+        write_base(tmp_path / "bad", codec_ckpt=teacher_ckpt)
     with pytest.raises(FileNotFoundError, match="missing.ckpt"):
-        write_base(tmp_path / "missing.ckpt", tmp_path / "bad")
+        write_base(tmp_path / "bad", codec_ckpt=tmp_path / "missing.ckpt")
     assert not (tmp_path / "bad").exists()
 
 
@@ -150,7 +150,7 @@ def test_codec_yaml_fits_and_validates_through_the_cli(tmp_path: Path, sample_da
     metrics = trainer.callback_metrics
     assert {"val/psnr", "val/ssim", "val/psnr_lr_x4", "val/ssim_lr_x4"} <= set(metrics)
     trainer.save_checkpoint(tmp_path / "codec.ckpt")
-    out = write_base(tmp_path / "codec.ckpt", tmp_path / "base")
+    out = write_base(tmp_path / "base", codec_ckpt=tmp_path / "codec.ckpt")
     assert build_codec(BackboneConfig(pretrained=str(out))).downsample_factor == 2
 
 

@@ -108,11 +108,12 @@ def probes(probe_dir: Path, fn: str = "fit") -> list[dict]:
 
 @pytest.fixture(scope="module")
 def data(sample_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The sample photos with THREE validation images: an odd count, which 2 ranks cannot split evenly."""
+    """The sample photos with FIVE validation images (the four held-out photos and one more): an odd count, which 2
+    ranks cannot split evenly."""
     root = tmp_path_factory.mktemp("data3")
     shutil.copytree(sample_data / "train", root / "train")
     shutil.copytree(sample_data / "val", root / "val")
-    shutil.copy(sample_data / "train" / "rocket.png", root / "val" / "rocket.png")
+    shutil.copy(sample_data / "train" / "coffee.png", root / "val" / "coffee.png")
     return root
 
 
@@ -235,7 +236,7 @@ def test_ddp_under_torchrun_ranks_draw_differently_and_stay_in_sync(data: Path, 
     assert ranks[0]["end"]["global_step"] == 2
     assert ranks[0]["end"]["trainable"] == ranks[1]["end"]["trainable"] and ranks[0]["end"]["ema"] == ranks[1]["end"]["ema"]
     assert ranks[0]["validation"] == ranks[1]["validation"]
-    # Three validation images on two ranks: the padding duplicate is not counted, so one process agrees.
+    # Five validation images on two ranks: the padding duplicate is not counted, so one process agrees.
     single = run_cli([
         "validate", "-c", str(TINY / "teacher_x2_realesrgan.yaml"), "--ckpt_path", str(tmp_path / "checkpoints" / "last.ckpt"),
         *[a for a in tiny_args(tmp_path / "single", data) if a != "--trainer.callbacks+=rank_probe.RankProbe"],

@@ -73,7 +73,9 @@ def fit_pca_codec(train_dir: str | Path, latent_channels: int = 8, patch_size: i
         raise FileNotFoundError(f"--data {train_dir}: no images (run `yonos prepare-samples` for the sample photos)")
     images = [read_rgb(path) * 2.0 - 1.0 for path in paths]  # the VAE's [-1, 1] convention
     components, mean = fit_block_pca(images, patch_size, latent_channels)
-    vae = BlockPCAAutoencoder(latent_channels=latent_channels, patch_size=patch_size, sample_size=sample_size)
+    with torch.random.fork_rng():  # the decoder's refine CNN (zero output layer): the same init on every run
+        torch.manual_seed(0)
+        vae = BlockPCAAutoencoder(latent_channels=latent_channels, patch_size=patch_size, sample_size=sample_size)
     vae.set_basis(components, mean)
     with torch.no_grad():
         latents = torch.cat([vae.encode(image[None, :, : image.shape[-2] // patch_size * patch_size,

@@ -1,10 +1,12 @@
-"""``yonos demo``: the embedded default run, end to end on the CPU with the shipped tiny SD base and the sample photos.
+"""``yonos demo``: the embedded default run, end to end on the CPU with the shipped tiny base and the sample photos.
 
-Prepares the sample images and the held-out validation crops; runs the chain teacher x2 -> student x4 -> decoder
-fine-tuning from the shipped base ``yonos:tiny-sd`` (resuming if a previous demo was interrupted); validates every
-stage; exports the fine-tuned model as a pipeline; upscales one validation image with ``yonos upscale`` and writes it
-side by side with its bicubic upsampling and the HR image; prints a table on the validation crops: bicubic, the
-codec's own ceilings, one step with the original and with the fine-tuned decoder, each with and without colour fix.
+Prepares the sample images and the held-out crops (128 px and 64 px tiles of the validation photos); runs the chain
+teacher x2 -> student x4 -> decoder fine-tuning from the shipped base ``yonos:tiny-sd`` (resuming if a previous demo
+was interrupted), every stage seeded by ``--seed``; validates every stage; exports the fine-tuned model as a
+pipeline; upscales one validation image with ``yonos upscale`` and writes it side by side with its bicubic
+upsampling and the HR image; prints each SR stage's gate (its one-step latent MSE beside that of copying its
+condition) and a table on the held-out crops: bicubic, the codec's ceiling, copying the condition, one step with the
+original and with the fine-tuned decoder, each with and without colour fix.
 """
 
 from __future__ import annotations

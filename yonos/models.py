@@ -24,7 +24,10 @@ Target = Literal["x0", "residual"]
 PROMPT_LENGTH = 77  # CLIP's context length: the empty prompt is padded to it, as SD's pipelines do.
 
 UNET_PRESETS: dict[str, dict[str, Any]] = {
-    # diffusers' dummy-component shapes; attention only on the lower-resolution level (fast on a CPU).
+    # diffusers' dummy-component shapes; attention only on the lower-resolution level (fast on a CPU). GroupNorm
+    # in groups of 4 channels (8 groups): with 32 groups each channel was normalised alone over the image, which on
+    # near-flat inputs scales whatever varies (the noise of z_t) to unit variance; measured in the README ("The tiny
+    # world's recipe, measured"): +0.4 dB PSNR-Y at x4 on the training split's curve.
     "tiny": dict(
         sample_size=32,
         block_out_channels=(32, 64),
@@ -33,7 +36,7 @@ UNET_PRESETS: dict[str, dict[str, Any]] = {
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=32,
         attention_head_dim=8,
-        norm_num_groups=32,
+        norm_num_groups=8,
     ),
     # stabilityai/stable-diffusion-2-1-base unet/config.json.
     "sd21-base": dict(
@@ -212,6 +215,13 @@ def weight_dtype(module: nn.Module) -> torch.dtype:
     return next(module.parameters()).dtype
 
 
+def compute_dtype(unet: nn.Module) -> torch.dtype:
+    """The dtype a UNet's inputs are cast to: its weights', or layerwise casting's compute dtype where the weights
+    are stored in float8 (diffusers' ``ModelMixin.dtype`` reports that one then)."""
+    dtype = weight_dtype(unet)
+    return unet.dtype if dtype.itemsize == 1 else dtype
+
+
 def resolve_device(name: str) -> torch.device:
     """THE device rule of the commands (``--device``): ``auto`` is the first CUDA device when there is one, else
     Apple's ``mps`` when available, else the CPU; any other name is taken as it is (``cuda:1``, ``cpu``, ...)."""
@@ -256,7 +266,7 @@ class SRDenoiser(nn.Module):
 
     def forward(self, z_t: Tensor, z_lr: Tensor, t: Tensor) -> Tensor:
         """Raw network output (v, eps or x0 by the parameterisation, of z_0) for z_t, z_lr (B, C, h, w), t (B,)."""
-        dtype = weight_dtype(self.unet)  # inputs in the UNet's storage dtype (autocast handles mixed precision)
+        dtype = compute_dtype(self.unet)  # inputs in the UNet's dtype (autocast handles mixed precision)
         context = self.prompt_embeds.to(dtype).expand(z_t.shape[0], -1, -1)  # (B, 77, D)
         if self.residual_alphas_cumprod is None:
             return self.unet(torch.cat([z_t, z_lr], dim=1).to(dtype), t, encoder_hidden_states=context).sample

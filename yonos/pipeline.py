@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from yonos.colorfix import COLOR_FIX_MODES, ColorFix, ColorFixRows
 from yonos.model_card import add_load_hint, write_model_card
-from yonos.models import SRDenoiser
+from yonos.models import SRDenoiser, compute_dtype
 from yonos.pca_vae import BlockPCAAutoencoder
 from yonos.pipeline_io import (  # noqa: F401 - NonFiniteOutputError: part of this module's interface
     AnyLatentCodec,
@@ -302,8 +302,7 @@ class YonosSRPipeline(DiffusionPipeline):
 
     def _unet_dtype(self) -> torch.dtype:
         """The dtype UNet inputs are cast to: its weights', or layerwise casting's compute dtype (float8 storage)."""
-        dtype = next(self.unet.parameters()).dtype
-        return self.unet.dtype if dtype.itemsize == 1 else dtype
+        return compute_dtype(self.unet)
 
     def _noise(
         self, items: list[Tensor], scale: int, generator: Generators, latents: Tensor | None, device: torch.device

@@ -26,9 +26,9 @@ from yonos.cli import run
 from yonos.models import LatentCodec
 
 ROOT = Path(__file__).resolve().parents[1]
-# Every SR-stage yaml, including ones added later. tiny/codec.yaml trains the VAE itself (no SD folder to start
-# from, no frozen SR parts) and is launched through the CLI in tests/test_codec.py.
-EXPERIMENTS = sorted(p for p in (ROOT / "experiments").rglob("*.yaml") if p.name != "codec.yaml")
+# Every SR-stage yaml, including ones added later. tiny/codec.yaml trains the VAE itself and tiny/prior.yaml the
+# base's UNet (no SD folder to start from, no SR stage); tests/test_codec.py and tests/test_prior.py launch them.
+EXPERIMENTS = sorted(p for p in (ROOT / "experiments").rglob("*.yaml") if p.name not in ("codec.yaml", "prior.yaml"))
 STEPS = 2
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import diffusers
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -115,3 +116,8 @@ def fit_block_pca(images: Iterable[Tensor], patch_size: int, channels: int) -> t
     # A sign convention, so the basis does not depend on the eigensolver: the largest entry of each is positive.
     signs = components.gather(1, components.abs().argmax(dim=1, keepdim=True)).sign()
     return (components * signs).float(), mean.float()
+
+
+# Exported folders name this class in model_index.json (["yonos", "BlockPCAAutoencoder"]); diffusers' loader looks it
+# up in its own namespace, as for YonosSRPipeline (yonos.pipeline), so importing this module is all it needs.
+setattr(diffusers, BlockPCAAutoencoder.__name__, BlockPCAAutoencoder)

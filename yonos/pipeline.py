@@ -22,7 +22,6 @@ from torch import Tensor, nn
 from yonos.colorfix import COLOR_FIX_MODES, ColorFix, ColorFixRows
 from yonos.model_card import add_load_hint, write_model_card
 from yonos.models import SRDenoiser, compute_dtype
-from yonos.pca_vae import BlockPCAAutoencoder
 from yonos.pipeline_io import (  # noqa: F401 - NonFiniteOutputError: part of this module's interface
     AnyLatentCodec,
     CastCodec,
@@ -300,10 +299,6 @@ class YonosSRPipeline(DiffusionPipeline):
             return first.device
         return self._execution_device
 
-    def _unet_dtype(self) -> torch.dtype:
-        """The dtype UNet inputs are cast to: its weights', or layerwise casting's compute dtype (float8 storage)."""
-        return compute_dtype(self.unet)
-
     def _noise(
         self, items: list[Tensor], scale: int, generator: Generators, latents: Tensor | None, device: torch.device
     ) -> list[Tensor]:
@@ -339,7 +334,7 @@ class YonosSRPipeline(DiffusionPipeline):
         codec = CastCodec(self.codec, settings.vae_dtype)
 
         def finish(z_0: Tensor, size: tuple[int, int]) -> Tensor:
-            check_finite(z_0, indices, f"the UNet ({self._unet_dtype()}) output")
+            check_finite(z_0, indices, f"the UNet ({compute_dtype(self.unet)}) output")
             if sink is not None:
                 self._decode(z_0, lr, size, settings, codec, sink, indices)
             return z_0
@@ -443,7 +438,7 @@ class YonosSRPipeline(DiffusionPipeline):
             "yonos:tile_size": str(tiles[0]) if tiles else "none",
             "yonos:tile_overlap": str(tiles[1]) if tiles else "none",
             "yonos:tile_norm": settings.tile_norm,
-            "yonos:unet_dtype": str(self._unet_dtype()).removeprefix("torch."),
+            "yonos:unet_dtype": str(compute_dtype(self.unet)).removeprefix("torch."),
             "yonos:vae_dtype": str(settings.vae_dtype).removeprefix("torch."),
         }
 
@@ -454,11 +449,11 @@ def _decoder(vae: nn.Module) -> nn.Module:
 
 
 def _register_with_diffusers() -> None:
-    """Make ``diffusers.YonosSRPipeline`` (and the tiny base's ``BlockPCAAutoencoder``) resolve: plain ``DiffusionPipeline.from_pretrained(DIR)`` looks the class
+    """Make ``diffusers.YonosSRPipeline`` resolve: plain ``DiffusionPipeline.from_pretrained(DIR)`` looks the class
     that ``model_index.json`` names (``_class_name``) up in the diffusers namespace, so importing this module is all
-    it needs (no ``trust_remote_code``, no code in the model folder)."""
+    it needs (no ``trust_remote_code``, no code in the model folder). yonos.pca_vae registers its codec the same
+    way, for folders whose ``vae`` is the tiny base's ``BlockPCAAutoencoder``."""
     setattr(diffusers, YonosSRPipeline.__name__, YonosSRPipeline)
-    setattr(diffusers, BlockPCAAutoencoder.__name__, BlockPCAAutoencoder)
 
 
 _register_with_diffusers()

@@ -58,13 +58,13 @@ def hr_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _spy_on_sampler(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Spy on the checkpoint branch's sampler: one entry (the step count) per SR image computed."""
     calls: list[int] = []
-    original = eval_models.sample_with_seeds
+    original = eval_models.super_resolve
 
-    def spy(denoiser, codec, scheduler, lr, scale, seeds, num_steps):
+    def spy(lr, scale, encode, denoise, decode, scheduler, noise, num_steps):
         calls.append(num_steps)
-        return original(denoiser, codec, scheduler, lr, scale, seeds, num_steps)
+        return original(lr, scale, encode, denoise, decode, scheduler, noise, num_steps)
 
-    monkeypatch.setattr(eval_models, "sample_with_seeds", spy)
+    monkeypatch.setattr(eval_models, "super_resolve", spy)
     return calls
 
 
@@ -315,3 +315,65 @@ def test_pipeline_folder_gives_the_checkpoints_images(base_run, tmp_path: Path):
         a = read_rgb(Path(from_pipeline["runs"][0]["sr_dir"]) / f"{name}.png")
         b = read_rgb(Path(from_checkpoint["runs"][0]["sr_dir"]) / f"{name}.png")
         assert (a - b).abs().max() <= 1.0 / 255.0 + 1e-6
+
+
+def _untrained_zero_head_checkpoint(root: Path) -> Path:
+    """A tiny x2 stage whose output layer is zeroed and never trained (lr 0): its one-step latent IS its condition."""
+    import lightning.pytorch as pl
+
+    from yonos.models import BackboneConfig
+    from yonos.modules import TeacherModule
+
+    module = TeacherModule(
+        backbone=BackboneConfig(preset="tiny"), scale=2, prediction_type="sample", target="residual",
+        zero_output_init=True, lpips_net="none", log_images=0, optimizer=lambda params: torch.optim.SGD(params, lr=0.0),
+    )
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    batches = [{"hr": images, "lr_x2": bicubic_downsample(images, 2)}]
+    trainer = pl.Trainer(
+        accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        enable_checkpointing=False, default_root_dir=root,
+    )
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
+    trainer.save_checkpoint(root / "copying.ckpt")
+    return root / "copying.ckpt"
+
+
+def test_latent_mse_of_a_stage_that_copies_its_condition_equals_the_copy_column(hr_folder: Path, tmp_path: Path):
+    model = _untrained_zero_head_checkpoint(tmp_path)
+    summary = evaluate(_config(model, hr_folder, tmp_path / "out", metrics=["psnr", "latent_mse"], scale=2))
+    metrics = summary["runs"][0]["metrics"]
+    assert summary["metric_columns"] == ["psnr", "latent_mse", "latent_mse_copy"]
+    assert metrics["latent_mse_copy"] > 1e-5
+    assert metrics["latent_mse"] == pytest.approx(metrics["latent_mse_copy"], rel=1e-5)
+    assert "E(HR)" in summary["metric_definitions"]["latent_mse"]
+
+
+def test_latent_mse_scores_the_saved_latent_against_the_hr_latent_and_the_image_is_its_decoding(
+    teacher_ckpt: Path, hr_folder: Path, tmp_path: Path
+):
+    from yonos.checkpoints import load_stage_checkpoint
+    from yonos.sampling import sample_with_seeds
+
+    summary = evaluate(
+        _config(teacher_ckpt, hr_folder, tmp_path / "out", models=[str(teacher_ckpt), "bicubic"], labels=["stage", "bicubic"],
+                metrics=["psnr", "latent_mse"])
+    )
+    stage_run, bicubic_run = summary["runs"]
+    stage = load_stage_checkpoint(teacher_ckpt)
+    eval_set = load_eval_set(str(hr_folder), 2, tmp_path / "out" / "lr_cache", "bicubic", "stablesr", 0)
+    with open(stage_run["per_image_csv"]) as handle:
+        rows = {row["name"]: row for row in csv.DictReader(handle)}
+    for index, pair in enumerate(eval_set.pairs):
+        z_0 = torch.load(Path(stage_run["sr_dir"]).parent / "latents" / f"{pair.name}.pt", weights_only=True)
+        hr = read_rgb(pair.hr_path)[None]
+        with torch.no_grad():
+            z_hr = stage.codec.encode(hr)
+            expected_sr = sample_with_seeds(stage.denoiser, stage.codec, stage.scheduler(), read_rgb(pair.lr_path)[None], 2,
+                                            [validation_seed(42, index)], 1)
+        assert float(rows[pair.name]["latent_mse"]) == pytest.approx(float((z_0 - z_hr).pow(2).mean()), rel=1e-4)
+        # The image written is the same as the sampler's own output (the latent path changes nothing).
+        written = read_rgb(Path(stage_run["sr_dir"]) / f"{pair.name}.png")
+        assert torch.equal(written, (expected_sr[0].clamp(0, 1) * 255).round() / 255)
+    # Baselines have no latents: their latent columns are n/a, not zero.
+    assert all(value != value for key, value in bicubic_run["metrics"].items() if key.startswith("latent"))

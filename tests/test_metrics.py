@@ -107,3 +107,33 @@ def test_fid_with_a_custom_feature_network_works_offline():
     fid.update(torch.rand(16, 3, 32, 32, generator=g), real=True)
     fid.update(torch.rand(16, 3, 32, 32, generator=g) * 0.5, real=False)
     assert float(fid.compute()) > 0
+
+
+# The weight-free detail measure: radially averaged power spectrum distance.
+
+
+def test_ring_spectrum_of_a_cosine_peaks_on_its_frequency_ring():
+    size, cycles = 64, 9
+    x = torch.arange(size, dtype=torch.float64)
+    wave = torch.cos(2 * math.pi * cycles * x / size).expand(size, size)[None, None]
+    spectrum = metrics.radial_power_spectrum(wave)
+    assert spectrum.shape == (1, size // 2)
+    assert int(spectrum[0].argmax()) + 1 == cycles  # ring r sits at index r - 1
+    # A rectangle of the same wave: rings are measured in units of 1 / min(H, W) on both axes.
+    assert int(metrics.radial_power_spectrum(wave[..., :48, :])[0].argmax()) + 1 == round(cycles * 48 / size)
+
+
+def test_spectrum_distance_is_zero_for_the_hr_and_grows_with_blur_where_psnr_rewards_it():
+    hr = torch.from_numpy(skdata.astronaut()[100:228, 150:278].copy()).permute(2, 0, 1)[None].float() / 255
+    assert float(metrics.spectrum_distance(hr, hr)) == 0.0
+    blurs = [torch.nn.functional.avg_pool2d(hr, k, 1, k // 2, count_include_pad=False) for k in (3, 5, 9)]
+    distances = [float(metrics.spectrum_distance(b, hr)) for b in blurs]
+    assert 0 < distances[0] < distances[1] < distances[2]
+    # Noise of the blur's PSNR keeps the spectrum's shape far better: the measure separates detail from blur.
+    y_error = float((rgb_to_y(blurs[1]) - rgb_to_y(hr)).pow(2).mean().sqrt()) / 255  # RMS error of the blur in Y
+    gray_noise = torch.randn(1, 1, *hr.shape[-2:], generator=torch.Generator().manual_seed(0))
+    noisy = (hr + y_error * 255 / 219 * gray_noise).clamp(0, 1)  # the same RMS error in Y, spread over all frequencies
+    assert float(psnr_y(noisy, hr)) == pytest.approx(float(psnr_y(blurs[1], hr)), abs=1.5)
+    assert float(metrics.spectrum_distance(noisy, hr)) < distances[1]
+    with pytest.raises(ValueError, match="differ in shape"):
+        metrics.spectrum_distance(hr[..., :64], hr)

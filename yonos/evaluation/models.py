@@ -19,13 +19,28 @@ from yonos.checkpoints import load_stage_checkpoint
 from yonos.colorfix import ColorFix, apply_color_fix
 from yonos.degradations import bicubic_matlab_upsample, upsample_to
 from yonos.images import IMAGE_EXTENSIONS
-from yonos.sampling import sample_with_seeds
+from yonos.sampling import pad_to_multiple, seeded_noise, size_multiple, super_resolve, untiled_calls
 
 ModelKind = Literal["checkpoint", "pipeline", "baseline", "folder"]
 BASELINES = ("bicubic", "lanczos")
 DIFFUSION_KINDS = ("checkpoint", "pipeline")  # the kinds that run once per --steps value
 UpscaleFn = Callable[[Tensor, int, int, int], Tensor]
 """(LR (1, 3, h, w) in [0, 1] on the model's device, scale, seed, DDIM steps) -> SR (1, 3, h*scale, w*scale)."""
+
+
+@dataclass
+class LatentCalls:
+    """A latent-diffusion model's own latents, for the codec-free metric ``latent_mse``: what it samples, what it
+    conditions on (copying that is the floor a stage must beat) and the HR latent E(HR) both are compared with."""
+
+    sample: Callable[[Tensor, int, int, int], Tensor]
+    """(LR (1, 3, h, w), scale, seed, DDIM steps) -> z_0, the latent the SR image is decoded from."""
+    decode: Callable[[Tensor, Tensor, int], Tensor]
+    """(z_0, LR, scale) -> the SR image ``upscale`` returns (colour fix included)."""
+    condition: Callable[[Tensor, int], Tensor]
+    """(LR, scale) -> z_lr, the bicubic-upsampled LR encoded: the model's condition."""
+    encode: Callable[[Tensor], Tensor]
+    """HR (1, 3, H, W) -> z_hr = E(HR)."""
 
 
 @dataclass
@@ -39,6 +54,8 @@ class SRModel:
     upscale: UpscaleFn
     device: torch.device
     info: dict[str, Any] = field(default_factory=dict)
+    latents: LatentCalls | None = None
+    """Set for stage checkpoints: their z_0 is saved beside the SR images and scored against E(HR)."""
 
     def identity(self) -> dict[str, Any]:
         """What decides this model's outputs: its path, size and modification time (for the resume check)."""
@@ -66,9 +83,24 @@ def load_checkpoint_model(path: Path, label: str, device: torch.device, color_fi
     stage = load_stage_checkpoint(path, key="--model")
     denoiser, codec = stage.denoiser.to(device).eval(), stage.codec.to(device).eval()
     scheduler = stage.scheduler()
+    encode_lr, _, decode_latent = untiled_calls(denoiser, codec)
+    multiple = size_multiple(denoiser.unet, codec)
+
+    @torch.no_grad()
+    def sample(lr: Tensor, scale: int, seed: int, num_steps: int) -> Tensor:
+        noise = lambda z_lr: seeded_noise(tuple(z_lr.shape), [seed], lr.device)  # noqa: E731
+        return super_resolve(lr, scale, encode_lr, denoiser, None, scheduler, noise, num_steps)
+
+    @torch.no_grad()
+    def decode(z_0: Tensor, lr: Tensor, scale: int) -> Tensor:
+        return fix(decode_latent(z_0, (lr.shape[-2] * scale, lr.shape[-1] * scale)), lr)
+
+    @torch.no_grad()
+    def encode_hr(hr: Tensor) -> Tensor:
+        return codec.encode(pad_to_multiple(hr.expand(-1, 3, -1, -1), multiple))
 
     def upscale(lr: Tensor, scale: int, seed: int, num_steps: int) -> Tensor:
-        return fix(sample_with_seeds(denoiser, codec, scheduler, lr, scale, [seed], num_steps), lr)
+        return decode(sample(lr, scale, seed, num_steps), lr, scale)
 
     info = {
         "color_fix": color_fix,
@@ -76,7 +108,8 @@ def load_checkpoint_model(path: Path, label: str, device: torch.device, color_fi
         "prediction_type": stage.prediction_type,
         "backbone": stage.backbone.pretrained or stage.backbone.preset,
     }
-    return SRModel(label, path, "checkpoint", stage.scale, upscale, device, info)
+    latents = LatentCalls(sample, decode, torch.no_grad()(encode_lr), encode_hr)
+    return SRModel(label, path, "checkpoint", stage.scale, upscale, device, info, latents)
 
 
 def _pipeline_scale(pipe: Any) -> int | None:

@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from yonos.colorfix import ColorFix
 from yonos.degradations.config import Degradation, PresetName
-from yonos.evaluation.data import EvalSet, hr_is_gray, list_test_names, load_eval_set, read_hr, write_json
+from yonos.evaluation.data import EvalPair, EvalSet, hr_is_gray, list_test_names, load_eval_set, read_hr, write_json
 from yonos.evaluation.models import (
     DIFFUSION_KINDS,
     SRModel,
@@ -25,7 +26,8 @@ from yonos.evaluation.models import (
     load_model,
 )
 from yonos.evaluation.report import RunResult, write_per_image_csv, write_summary, write_sweep
-from yonos.evaluation.scoring import DEFAULT_METRICS, MetricOptions, MetricSuite, build_suite
+from yonos.evaluation.scoring import DEFAULT_METRICS, LATENT_COLUMNS, MetricOptions, MetricSuite, build_suite
+from yonos.files import atomic_write
 from yonos.images import read_rgb, save_image_atomic
 from yonos.metrics import FIDMode, GrayConvention, LPIPSNet, SSIMConvention
 from yonos.models import resolve_device
@@ -104,13 +106,29 @@ def check_resume(run_dir: Path, settings: dict[str, Any]) -> None:
     write_json(path, settings)
 
 
-def super_resolve_set(model: SRModel, eval_set: EvalSet, sr_dir: Path, num_steps: int, seed: int) -> tuple[int, float]:
-    """Write the SR image of every pair that has none yet; returns (images computed, seconds spent)."""
-    todo = [(i, p) for i, p in enumerate(eval_set.pairs) if not (sr_dir / f"{p.name}.png").is_file()]
+def super_resolve_set(
+    model: SRModel, eval_set: EvalSet, sr_dir: Path, num_steps: int, seed: int, latent_dir: Path | None = None
+) -> tuple[int, float]:
+    """Write the SR image of every pair that has none yet; returns (images computed, seconds spent). With
+    ``latent_dir`` (a model with latents), its z_0 is saved there first (``<name>.pt``), so an SR image on disk
+    always has its latent."""
+    def done(pair: EvalPair) -> bool:
+        image = (sr_dir / f"{pair.name}.png").is_file()
+        return image and (latent_dir is None or (latent_dir / f"{pair.name}.pt").is_file())
+
+    todo = [(i, p) for i, p in enumerate(eval_set.pairs) if not done(p)]
     start = time.perf_counter()
     for index, pair in tqdm(todo, desc=f"{model.label} {num_steps} step(s)", unit="img", disable=not todo):
         lr = read_rgb(pair.lr_path)[None].to(model.device)  # (1, 3, h, w)
-        sr = model.upscale(lr, eval_set.scale, validation_seed(seed, index), num_steps)
+        noise_seed = validation_seed(seed, index)
+        if latent_dir is not None and model.latents is not None:
+            z_0 = model.latents.sample(lr, eval_set.scale, noise_seed, num_steps)
+            (latent_dir / pair.name).parent.mkdir(parents=True, exist_ok=True)
+            with atomic_write(latent_dir / f"{pair.name}.pt") as partial:
+                torch.save(z_0.float().cpu(), partial)
+            sr = model.latents.decode(z_0, lr, eval_set.scale)
+        else:
+            sr = model.upscale(lr, eval_set.scale, noise_seed, num_steps)
         expected = (1, 3, lr.shape[-2] * eval_set.scale, lr.shape[-1] * eval_set.scale)
         if tuple(sr.shape) != expected:
             raise ValueError(f"{model.label}: SR of {pair.name} is {tuple(sr.shape)}, expected {expected}")
@@ -118,11 +136,33 @@ def super_resolve_set(model: SRModel, eval_set: EvalSet, sr_dir: Path, num_steps
     return len(todo), time.perf_counter() - start
 
 
+def latent_scores(model: SRModel, eval_set: EvalSet, latent_dir: Path | None, pair: EvalPair, hr: Tensor) -> dict[str, float]:
+    """``latent_mse`` and ``latent_mse_copy`` of one image: the saved z_0 and the condition z_lr against E(HR);
+    NaN for models without latents (baselines, pipelines, SR folders)."""
+    if model.latents is None or latent_dir is None:
+        return dict.fromkeys(LATENT_COLUMNS, float("nan"))
+    z_0 = torch.load(latent_dir / f"{pair.name}.pt", map_location=model.device, weights_only=True)
+    with torch.no_grad():
+        z_hr = model.latents.encode(hr.to(model.device)).float()
+        z_lr = model.latents.condition(read_rgb(pair.lr_path)[None].to(model.device), eval_set.scale).float()
+    if z_hr.shape != z_0.shape:
+        raise ValueError(f"{latent_dir / pair.name}.pt is {tuple(z_0.shape)}, E(HR) {tuple(z_hr.shape)}")
+    return {"latent_mse": float((z_0 - z_hr).pow(2).mean()), "latent_mse_copy": float((z_lr - z_hr).pow(2).mean())}
+
+
 def score_set(
-    suite: MetricSuite, eval_set: EvalSet, sr_dir: Path, seed: int, desc: str, any_suffix: bool = False
+    suite: MetricSuite,
+    eval_set: EvalSet,
+    sr_dir: Path,
+    seed: int,
+    desc: str,
+    any_suffix: bool = False,
+    model: SRModel | None = None,
+    latent_dir: Path | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Per-image rows and the run's means (FID over the whole set), always recomputed from the SR files
-    (``<name>.png``, or with ``any_suffix`` any image suffix, as in a folder of SR images made elsewhere)."""
+    (``<name>.png``, or with ``any_suffix`` any image suffix, as in a folder of SR images made elsewhere), and from
+    the saved latents when the suite asks for ``latent_mse``."""
     rows = []
     for index, pair in enumerate(tqdm(eval_set.pairs, desc=f"{desc} metrics", unit="img")):
         path = find_sr_image(sr_dir, pair.name) if any_suffix else sr_dir / f"{pair.name}.png"
@@ -130,8 +170,11 @@ def score_set(
         if sr.shape != hr.shape:
             raise ValueError(f"{path} is {tuple(sr.shape[-2:])}, its HR {tuple(hr.shape[-2:])}")
         scores = suite.score(sr, hr, gray=hr_is_gray(pair.hr_path))
+        if suite.latent:
+            scores.update(latent_scores(model, eval_set, latent_dir, pair, hr) if model else dict.fromkeys(LATENT_COLUMNS, float("nan")))
         rows.append({"name": pair.name, "seed": validation_seed(seed, index), **scores})
-    means = {name: sum(row[name] for row in rows) / len(rows) for name in suite.per_image}
+    columns = [*suite.per_image, *(LATENT_COLUMNS if suite.latent else ())]
+    means = {name: sum(row[name] for row in rows) / len(rows) for name in columns}
     return rows, {**means, **suite.finish_run()}
 
 
@@ -142,7 +185,7 @@ def _run_one(
     if model.kind == "folder":
         rows, means = score_set(suite, eval_set, model.path, config.seed, model.label, any_suffix=True)
         run_dir = out / model.label
-        write_per_image_csv(run_dir / "per_image.csv", rows, ["name", "seed", *suite.per_image])
+        write_per_image_csv(run_dir / "per_image.csv", rows, _per_image_columns(suite))
         return RunResult(model.label, str(model.path), model.kind, None, len(rows), means, run_dir, 0, 0.0, model.path)
     run_dir = out / model.label / (f"steps_{steps}" if steps is not None else "sr_run")
     settings = {
@@ -154,10 +197,16 @@ def _run_one(
         "lr_inputs": eval_set.fingerprint(),
     }
     check_resume(run_dir, settings)
-    computed, seconds = super_resolve_set(model, eval_set, run_dir / "sr", steps or 1, config.seed)
-    rows, means = score_set(suite, eval_set, run_dir / "sr", config.seed, f"{model.label} {steps} step(s)")
-    write_per_image_csv(run_dir / "per_image.csv", rows, ["name", "seed", *suite.per_image])
+    latent_dir = run_dir / "latents" if suite.latent and model.latents is not None else None
+    computed, seconds = super_resolve_set(model, eval_set, run_dir / "sr", steps or 1, config.seed, latent_dir)
+    desc = f"{model.label} {steps} step(s)"
+    rows, means = score_set(suite, eval_set, run_dir / "sr", config.seed, desc, model=model, latent_dir=latent_dir)
+    write_per_image_csv(run_dir / "per_image.csv", rows, _per_image_columns(suite))
     return RunResult(model.label, str(model.path), model.kind, steps, len(rows), means, run_dir, computed, seconds)
+
+
+def _per_image_columns(suite: MetricSuite) -> list[str]:
+    return ["name", "seed", *suite.per_image, *(LATENT_COLUMNS if suite.latent else ())]
 
 
 def check_inputs(config: EvalConfig) -> None:

@@ -23,12 +23,15 @@ from yonos.metrics import (
     build_lpips,
     lpips_distance,
     psnr_y,
+    spectrum_distance,
     ssim_y,
 )
 
-METRICS = ("psnr", "ssim", "lpips", "dists", "fid", "niqe", "musiq", "maniqa", "clipiqa")
+METRICS = ("psnr", "ssim", "lpips", "dists", "fid", "niqe", "musiq", "maniqa", "clipiqa", "spectrum", "latent_mse")
 DEFAULT_METRICS = ("psnr", "ssim", "lpips", "dists", "fid")
-LOWER_IS_BETTER = {"lpips", "dists", "fid", "niqe"}
+LOWER_IS_BETTER = {"lpips", "dists", "fid", "niqe", "spectrum", "latent"}
+LATENT_COLUMNS = ("latent_mse", "latent_mse_copy")
+"""What ``latent_mse`` adds: the sampled z_0 and the condition z_lr, each against E(HR) (stage checkpoints only)."""
 Y_METRICS = ("psnr", "ssim")
 PerImageFn = Callable[[Tensor, Tensor], float]
 
@@ -74,6 +77,8 @@ class MetricSuite:
     per_image: dict[str, PerImageFn] = field(default_factory=dict)
     fid: nn.Module | None = None
     fid_name: str = "fid"
+    latent: bool = False
+    """Whether ``latent_mse`` was asked for (the runner scores it: it needs the model's latents, not only images)."""
     definitions: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     _reference_done: bool = False
@@ -82,7 +87,7 @@ class MetricSuite:
     @property
     def names(self) -> list[str]:
         """Column names of the results, in order."""
-        return [*self.per_image, *([self.fid_name] if self.fid is not None else [])]
+        return [*self.per_image, *(LATENT_COLUMNS if self.latent else ()), *([self.fid_name] if self.fid is not None else [])]
 
     def score(self, sr: Tensor, hr: Tensor, gray: bool = False) -> dict[str, float]:
         """Every per-image metric of one SR image against its HR image, both (1, 3, H, W) in [0, 1]; the pair also
@@ -164,6 +169,13 @@ def _definitions(options: MetricOptions) -> dict[str, str]:
         "musiq": f"MUSIQ, pyiqa {version('pyiqa')} ('musiq', KonIQ-10k checkpoint)",
         "maniqa": f"MANIQA, pyiqa {version('pyiqa')} ('maniqa-pipal', PIPAL checkpoint; random crops seeded with {options.seed})",
         "clipiqa": f"CLIP-IQA, pyiqa {version('pyiqa')} ('clipiqa', RN50)",
+        "spectrum": "radially averaged power-spectrum distance (weight-free detail measure): mean over frequency rings "
+        "of |log10 P_sr - log10 P_hr|, P the ring-averaged |FFT|^2 of the mean-free, Hann-windowed Y of the 8-bit "
+        "images (yonos.metrics.spectrum_distance); 0 = the HR's spectrum, a blur misses high-frequency power",
+        "latent_mse": "mean squared error of the sampled latent z_0 to z_hr = E(HR), free of the decoder "
+        "(stage checkpoints; n/a for other models)",
+        "latent_mse_copy": "the same for copying the condition z_lr = E(bicubic-upsampled LR): the floor a stage must "
+        "beat to have learned anything",
     }
 
 
@@ -173,6 +185,8 @@ def _build_one(name: str, options: MetricOptions, device: torch.device) -> PerIm
         return lambda sr, hr: float(psnr_y(sr, hr, crop, options.gray))
     if name == "ssim":
         return lambda sr, hr: float(ssim_y(sr, hr, crop, options.ssim_convention, options.gray))
+    if name == "spectrum":
+        return lambda sr, hr: float(spectrum_distance(sr, hr))
     if name == "lpips":
         with torch.random.fork_rng(devices=[]):  # a random backbone is drawn from the seed: the same in every run
             torch.manual_seed(options.seed)
@@ -196,6 +210,10 @@ def build_suite(names: list[str], options: MetricOptions, device: torch.device, 
     definitions = _definitions(options)
     suite = MetricSuite()
     for name in names:
+        if name == "latent_mse":
+            suite.latent = True
+            suite.definitions.update({key: definitions[key] for key in LATENT_COLUMNS})
+            continue
         try:
             built = _build_one(name, options, device)
         except (MissingWeightsError, ImportError) as err:

@@ -14,10 +14,10 @@ PARITY_TESTS ?= tests/test_degradations_parity.py tests/test_degradations_kernel
 	tests/test_metrics.py tests/test_evaluate.py::test_iqa_weights_missing_offline_name_every_file
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo tiny-base test test-fast test-parity clean
+.PHONY: help install demo tiny-base fig3 test test-fast test-parity clean
 
 help: ## Show this help
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,18 @@ tiny-base: install ## Rebuild the shipped tiny SD base (codec, UNet prior): abou
 	OMP_NUM_THREADS=1 $(VENV)/bin/yonos fit -c experiments/tiny/prior.yaml
 	$(VENV)/bin/yonos make-base --data data/samples/train --prior-ckpt outputs/tiny/prior/checkpoints/last.ckpt \
 		--out $(TINY_BASE_OUT) --overwrite
+
+# The fair toy Fig. 3 (experiments/toy/fig3.py): every seed is one process on one thread, all seeds side by side,
+# then one call that finds their work done and writes OUT/sweep.csv, OUT/summary.md and the plot.
+FIG3_OUT ?= outputs/toy_fig3
+FIG3_SEEDS ?= 0 1 2
+fig3: install ## Toy Fig. 3 (distilled vs GT fine-tuned vs direct, x4 and x8, 3 seeds): about 1.5 h on 2 CPU cores
+	$(VENV)/bin/yonos prepare-samples
+	mkdir -p $(FIG3_OUT)
+	for seed in $(FIG3_SEEDS); do \
+		OMP_NUM_THREADS=1 $(PY) experiments/toy/fig3.py --out $(FIG3_OUT) --seeds $$seed > $(FIG3_OUT)/seed$$seed.log 2>&1 & \
+	done; wait
+	$(PY) experiments/toy/fig3.py --out $(FIG3_OUT) --seeds $(FIG3_SEEDS) --plot docs/fig3_toy.png
 
 test: install ## Run the test suite (offline, CPU)
 	HF_HUB_OFFLINE=1 YONOS_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import math
 import os
 import shutil
@@ -92,7 +93,7 @@ def _yonos(*arguments: str) -> None:
     subprocess.run(command, check=True, cwd=ROOT)
 
 
-def fit(config: str, folder: Path, steps: int, seed: int, data: Path, *extra: str) -> Path:
+def fit_run(config: str, folder: Path, steps: int, seed: int, data: Path, *extra: str, val_every: int | None = None) -> Path:
     """Train one run to ``steps`` unless ``folder/final_step{steps}.ckpt`` exists; a run that has stopped earlier
     (interrupted, or finished at a smaller ``steps``) resumes from its ``last.ckpt``. Validation runs on the
     training split's crops, so the curve that judges a teacher is never held-out data."""
@@ -104,7 +105,8 @@ def fit(config: str, folder: Path, steps: int, seed: int, data: Path, *extra: st
         "fit", "-c", config, f"--seed_everything={seed}", f"--trainer.max_steps={steps}",
         "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={folder}",
         f"--trainer.logger.init_args.save_dir={folder}", f"--data.train_dir={data / 'train'}",
-        f"--data.val_dir={data / 'train_crops'}", *extra, *(["--ckpt_path", str(last)] if last.is_file() else []),
+        f"--data.val_dir={data / 'train_crops'}", *extra,
+        *([f"--trainer.val_check_interval={val_every}"] if val_every else []), *(["--ckpt_path", str(last)] if last.is_file() else []),
     )
     reached = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
     if reached != steps:
@@ -125,6 +127,7 @@ def train_seed(seed: int, args: argparse.Namespace) -> Path:
     """Every training of one seed; returns its folder."""
     out = args.out / f"seed{seed}"
     t, n, data = args.teacher_steps, args.arm_steps, args.data
+    fit = functools.partial(fit_run, val_every=args.val_every)
     teacher = fit("experiments/tiny/teacher_x2.yaml", out / "teacher_x2", t, seed, data)
     for name, gt_mix in (("distilled_x4", 0.0), ("gt_x4", 1.0)):
         fit(
@@ -147,6 +150,294 @@ def train_seed(seed: int, args: argparse.Namespace) -> Path:
     return out
 
 
+def evaluate_seed(seed: int, args: argparse.Namespace) -> list[Path]:
+    """``yonos evaluate`` of every arm of one seed (and of the x2 teacher at x2, for its held-out gate); returns the
+    evaluation folders (one per scale and crop set), each holding ``<arm>/steps_<n>/per_image.csv``."""
+    out = args.out / f"seed{seed}"
+    metrics = "psnr,ssim,spectrum,latent_mse"
+    folders = []
+    teacher = out / "teacher_x2" / f"final_step{args.teacher_steps:06d}.ckpt"
+    gate = out / "eval" / "x2_val_crops"
+    _yonos(
+        "evaluate", "--model", str(teacher), "--label", "teacher_x2", "--data", str(args.data / "val_crops"),
+        "--scale", "2", "--steps", "1", "--metrics", metrics, "--seed", str(seed), "--out", str(gate),
+    )
+    folders.append(gate)
+    for scale, crop_sets in CROP_SETS.items():
+        chosen = [arm for arm in arms(args.teacher_steps, args.arm_steps) if arm.scale == scale]
+        models = [item for arm in chosen for item in ("--model", str(checkpoint(out, arm)), "--label", arm.name)]
+        for crop_set in crop_sets:
+            if crop_set not in args.crop_sets:
+                continue
+            folder = out / "eval" / f"x{scale}_{crop_set}"
+            _yonos(
+                "evaluate", *models, "--model", "bicubic", "--label", "bicubic", "--data", str(args.data / crop_set),
+                "--scale", str(scale), "--steps", ",".join(map(str, args.steps)), "--metrics", metrics,
+                "--seed", str(seed), "--out", str(folder),
+            )
+            folders.append(folder)
+    return folders
+
+
+# Reading the results.
+
+
+def read_per_image(folder: Path, seed: int) -> list[dict[str, object]]:
+    """Every per-image row of one evaluation folder, with its seed, scale, crop set, arm and steps."""
+    scale, crop_set = folder.name.split("_", 1)
+    rows = []
+    for path in sorted(folder.glob("*/*/per_image.csv")):
+        arm, run = path.parent.parent.name, path.parent.name
+        steps = int(run.removeprefix("steps_")) if run.startswith("steps_") else 0  # 0: a baseline, no steps
+        with path.open() as handle:
+            for row in csv.DictReader(handle):
+                values = {m: float(row[m]) if row.get(m) not in (None, "") else math.nan for m in METRICS}
+                rows.append({"seed": seed, "scale": int(scale[1:]), "crops": crop_set, "arm": arm, "steps": steps,
+                             "name": row["name"], **values})
+    return rows
+
+
+def scalar_curve(run: Path, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of one logged scalar of a training run (TensorBoard events; resumed runs' files together)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    points: dict[int, float] = {}
+    for events in sorted(run.glob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        if tag in accumulator.Tags()["scalars"]:
+            points.update({event.step + 1: event.value for event in accumulator.Scalars(tag)})
+    return sorted(points.items())
+
+
+@dataclass
+class Gate:
+    """A teacher judged on the training split's crops: its one-step latent MSE at the end of training, copying the
+    condition of the student it teaches, the relative change over its last validation interval."""
+
+    teacher: str
+    student_condition: str
+    latent_mse: float
+    copy_student: float
+    change: float
+
+    @property
+    def passed(self) -> bool:
+        return self.latent_mse <= GATE_RATIO * self.copy_student and abs(self.change) <= FLAT
+
+
+def teacher_gate(seed_dir: Path, teacher: str, student: str) -> Gate:
+    curve = scalar_curve(seed_dir / teacher, "val/latent_mse")
+    copy = scalar_curve(seed_dir / student, "val/latent_mse_copy")
+    if len(curve) < 2 or not copy:
+        return Gate(teacher, student, math.nan, math.nan, math.nan)
+    change = curve[-1][1] / curve[-2][1] - 1.0
+    return Gate(teacher, student, curve[-1][1], copy[-1][1], change)
+
+
+def paired_bootstrap(differences: list[float], resamples: int = 10000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of paired per-crop differences and its 95 % percentile bootstrap interval (crops resampled)."""
+    import numpy as np
+
+    values = np.asarray(differences, dtype=np.float64)
+    draws = np.random.default_rng(seed).integers(0, len(values), size=(resamples, len(values)))
+    means = values[draws].mean(axis=1)
+    return float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def per_crop(rows: list[dict[str, object]], scale: int, crops: str, arm: str, steps: int, metric: str) -> dict[str, float]:
+    """crop name -> the metric averaged over seeds (the unit the bootstrap resamples)."""
+    values: dict[str, list[float]] = {}
+    for row in rows:
+        if (row["scale"], row["crops"], row["arm"], row["steps"]) == (scale, crops, arm, steps):
+            values.setdefault(str(row["name"]), []).append(float(row[metric]))
+    return {name: statistics.mean(v) for name, v in values.items()}
+
+
+def seed_means(rows: list[dict[str, object]], scale: int, crops: str, arm: str, steps: int, metric: str) -> list[float]:
+    """The metric's mean over crops, one value per seed (the unit of the seed spread)."""
+    by_seed: dict[int, list[float]] = {}
+    for row in rows:
+        if (row["scale"], row["crops"], row["arm"], row["steps"]) == (scale, crops, arm, steps):
+            by_seed.setdefault(int(row["seed"]), []).append(float(row[metric]))
+    return [statistics.mean(v) for _, v in sorted(by_seed.items())]
+
+
+def mean_spread(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+DIGITS = {"latent_mse": 5, "latent_mse_copy": 5, "psnr": 2, "ssim": 4, "spectrum": 3}
+
+
+def _cell(values: list[float], metric: str) -> str:
+    if not values or any(math.isnan(v) for v in values):
+        return "n/a"
+    mean, spread = mean_spread(values)
+    return f"{mean:.{DIGITS[metric]}f} ± {spread:.{DIGITS[metric]}f}"
+
+
+def arm_table(rows, scale: int, crops: str, names: list[str], steps: int, by_name: dict[str, Arm]) -> list[str]:
+    """One row per arm at ``steps`` DDIM steps: mean ± standard deviation over seeds of the per-seed crop means."""
+    shown = ("latent_mse", "latent_mse_copy", "psnr", "ssim", "spectrum")
+    lines = ["| arm | init | target | optimizer steps (all) | latent MSE ↓ | copy z_lr ↓ | PSNR-Y ↑ | SSIM-Y ↑ | spectrum ↓ |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name in names:
+        arm = by_name.get(name)
+        at = 0 if name == "bicubic" else steps
+        cells = [_cell(seed_means(rows, scale, crops, name, at, m), m) for m in shown]
+        about = (arm.init, arm.target, f"{arm.step} ({arm.total_steps})") if arm else ("-", "-", "-")
+        lines.append(f"| {name} | {' | '.join(about)} | {' | '.join(cells)} |")
+    return lines
+
+
+def difference_table(rows, scale: int, crops: str, pairs: list[tuple[str, str]], steps: int) -> list[str]:
+    """Paired differences (first arm - second) over the same crops and noise: mean over seeds of the per-crop
+    difference, its 95 % bootstrap interval over crops, and in how many seeds the first arm was better."""
+    lines = ["| comparison | Δ latent MSE [95 % CI] | Δ PSNR-Y dB [95 % CI] | Δ SSIM-Y [95 % CI] | Δ spectrum [95 % CI] | seeds better (PSNR) |",
+             "|---|---|---|---|---|---|"]
+    for first, second in pairs:
+        cells = []
+        for metric in ("latent_mse", "psnr", "ssim", "spectrum"):
+            a = per_crop(rows, scale, crops, first, steps, metric)
+            b = per_crop(rows, scale, crops, second, 0 if second == "bicubic" else steps, metric)
+            common = sorted(set(a) & set(b))
+            if not common or any(math.isnan(a[c] - b[c]) for c in common):
+                cells.append("n/a")
+                continue
+            mean, low, high = paired_bootstrap([a[c] - b[c] for c in common])
+            d = DIGITS[metric] + (1 if metric != "psnr" else 0)
+            cells.append(f"{mean:+.{d}f} [{low:+.{d}f}, {high:+.{d}f}]")
+        better = [x > y for x, y in zip(seed_means(rows, scale, crops, first, steps, "psnr"),
+                                          seed_means(rows, scale, crops, second, 0 if second == "bicubic" else steps, "psnr"))]
+        cells.append(f"{sum(better)} of {len(better)}")
+        lines.append(f"| {first} - {second} | {' | '.join(cells)} |")
+    return lines
+
+
+def steps_table(rows, scale: int, crops: str, names: list[str], metric: str, steps: tuple[int, ...]) -> list[str]:
+    lines = [f"| {metric} | " + " | ".join(f"{n} step{'s' * (n > 1)}" for n in steps) + " |", "|---" * (1 + len(steps)) + "|"]
+    for name in names:
+        lines.append(f"| {name} | " + " | ".join(_cell(seed_means(rows, scale, crops, name, n, metric), metric) for n in steps) + " |")
+    return lines
+
+
+def gate_lines(gates: list[Gate], held_out: dict[str, tuple[list[float], list[float]]]) -> list[str]:
+    lines = ["| teacher | seed | one-step latent MSE (train crops) | copying the student's condition | ratio | "
+             "change over the last validation interval | gate | held-out latent MSE | held-out copy (student's condition) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for seed, gate in gates:
+        mine, copy = held_out.get((seed, gate.teacher), (math.nan, math.nan))
+        lines.append(
+            f"| {gate.teacher} | {seed} | {gate.latent_mse:.5f} | {gate.copy_student:.5f} ({gate.student_condition}) | "
+            f"{gate.latent_mse / gate.copy_student:.2f} | {gate.change:+.1%} | {'passed' if gate.passed else 'FAILED'} | "
+            f"{mine:.5f} | {copy:.5f} |"
+        )
+    return lines
+
+
+def summarise(rows: list[dict[str, object]], gates, held_out, args: argparse.Namespace) -> str:
+    t, n = args.teacher_steps, args.arm_steps
+    by_name = {arm.name: arm for arm in arms(t, n)}
+    x4 = ["distilled_x4", "gt_x4", "direct_x4", "direct_x4_equal_total", "bicubic"]
+    x8 = ["distilled_x8", "gt_x8", "direct_x8", "direct_x8_equal_total", "bicubic"]
+    seeds = sorted({int(r["seed"]) for r in rows})
+    text = [
+        f"# Toy Fig. 3 (tiny SD base, bicubic LR), seeds {seeds}: teacher x2 {t} steps, every arm {n} steps",
+        "",
+        f"Recipe of every run: last_timestep_prob 1 (every sample at t = T - 1), x0 parameterisation, EMA 0.99 with "
+        f"warm-up, AdamW 1e-3 constant, batch 4 of 128 px crops. Cells: mean ± standard deviation over seeds of the "
+        f"mean over crops; Δ: paired per crop (same noise), averaged over seeds, 95 % bootstrap interval over crops.",
+        "",
+        "## Teachers' gates (training split's crops; held-out: val_crops)",
+        "",
+        f"Gate: one-step latent MSE at most {GATE_RATIO} x copying the student's condition, and within {FLAT:.0%} of "
+        "the validation before (a flat curve).",
+        "",
+        *gate_lines(gates, held_out),
+    ]
+    for scale, names, crop_sets in ((4, x4, CROP_SETS[4]), (8, x8, CROP_SETS[8])):
+        d, g, direct, total = names[:4]
+        for crops in crop_sets:
+            if not any(r["scale"] == scale and r["crops"] == crops for r in rows):
+                continue
+            count = len({r["name"] for r in rows if r["scale"] == scale and r["crops"] == crops})
+            text += ["", f"## x{scale}, {crops} ({count} held-out crops), 1 DDIM step", "", *arm_table(rows, scale, crops, names, 1, by_name)]
+            text += ["", *difference_table(rows, scale, crops, [(d, g), (d, direct), (d, total), (g, direct), (d, "bicubic")], 1)]
+            for metric in ("psnr", "latent_mse", "spectrum"):
+                text += ["", *steps_table(rows, scale, crops, names[:4], metric, tuple(args.steps))]
+    return "\n".join(text) + "\n"
+
+
+def plot(rows: list[dict[str, object]], path: Path, steps: tuple[int, ...]) -> None:
+    """PSNR-Y, latent MSE and spectrum distance against DDIM steps; x4 (128 px crops) above x8; error bars: seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = (("psnr", "PSNR-Y (dB) ↑"), ("latent_mse", "latent MSE to E(HR) ↓"), ("spectrum", "spectrum distance ↓"))
+    figure, axes = plt.subplots(2, 3, figsize=(14, 7.5), squeeze=False)
+    for row_axes, scale in zip(axes, (4, 8)):
+        names = [a.name for a in arms(1, 1) if a.scale == scale]
+        for axis, (metric, title) in zip(row_axes, panels):
+            for name in names:
+                points = [(n, *mean_spread(v)) for n in steps if (v := seed_means(rows, scale, "val_crops", name, n, metric))]
+                if points:
+                    xs, means, spreads = zip(*points)
+                    axis.errorbar(xs, means, yerr=spreads, marker="o", capsize=3, label=name)
+            if metric == "latent_mse":
+                copy = seed_means(rows, scale, "val_crops", names[0], steps[0], "latent_mse_copy")
+                if copy:
+                    axis.axhline(statistics.mean(copy), color="gray", linestyle=":", label="copy z_lr")
+            else:
+                base = seed_means(rows, scale, "val_crops", "bicubic", 0, metric)
+                if base:
+                    axis.axhline(statistics.mean(base), color="gray", linestyle="--", label="bicubic")
+            axis.set_xscale("log", base=2)
+            axis.set_xticks(list(steps), [str(n) for n in steps])
+            axis.set_title(f"x{scale}: {title}", fontsize=10)
+            axis.set_xlabel("DDIM steps")
+            axis.grid(alpha=0.3)
+        row_axes[0].legend(fontsize=7)
+        row_axes[1].legend(fontsize=7)
+    figure.suptitle("Toy Fig. 3: scale-distilled vs ground-truth fine-tuned vs direct (tiny SD base, held-out 128 px crops)")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as partial:
+        figure.savefig(partial, dpi=110)
+    plt.close(figure)
+
+
+def report(args: argparse.Namespace) -> str:
+    """sweep.csv, summary.md and the plot from every seed's evaluation folders."""
+    rows, gates, held_out = [], [], {}
+    for seed in args.seeds:
+        seed_dir = args.out / f"seed{seed}"
+        for folder in sorted((seed_dir / "eval").iterdir()):
+            rows += read_per_image(folder, seed)
+        gates += [(seed, teacher_gate(seed_dir, "teacher_x2", "distilled_x4")),
+                  (seed, teacher_gate(seed_dir, "distilled_x4", "distilled_x8"))]
+        for teacher, student, scale in (("teacher_x2", "distilled_x4", 2), ("distilled_x4", "distilled_x8", 4)):
+            mine = [r["latent_mse"] for r in rows if (r["seed"], r["arm"], r["scale"], r["crops"], r["steps"]) == (seed, teacher, scale, "val_crops", 1)]
+            copy = [r["latent_mse_copy"] for r in rows if (r["seed"], r["arm"], r["scale"], r["crops"], r["steps"]) == (seed, student, scale * 2, "val_crops", 1)]
+            held_out[(seed, teacher)] = (statistics.mean(mine) if mine else math.nan, statistics.mean(copy) if copy else math.nan)
+    keys = ("seed", "scale", "crops", "arm", "steps")
+    groups: dict[tuple, list[dict[str, object]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in keys), []).append(row)
+    with atomic_write(args.out / "sweep.csv") as partial, partial.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[*keys, "crops_count", *METRICS])
+        writer.writeheader()
+        for key, group in sorted(groups.items(), key=lambda item: tuple(str(v) for v in item[0])):
+            writer.writerow({**dict(zip(keys, key)), "crops_count": len(group),
+                             **{m: f"{statistics.mean(float(r[m]) for r in group):.6g}" for m in METRICS}})
+    text = summarise(rows, gates, held_out, args)
+    write_text_atomic(args.out / "summary.md", text)
+    plot(rows, args.plot or args.out / "fig3.png", tuple(args.steps))
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("outputs/toy_fig3"))
@@ -154,6 +445,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--teacher-steps", type=int, default=1000, help="T: the x2 teacher's steps")
     parser.add_argument("--arm-steps", type=int, default=1000, help="N: each x4 and x8 arm's steps")
+    parser.add_argument("--steps", type=int, nargs="+", default=list(STEPS), help="DDIM step counts scored")
+    parser.add_argument("--crop-sets", nargs="+", default=["val_crops", "val_crops_64"], help="held-out crop folders under --data")
+    parser.add_argument("--val-every", type=int, default=None, help="validation interval (default: the yamls', 200 / 250)")
+    parser.add_argument("--plot", type=Path, default=None, help="where the figure goes (default OUT/fig3.png)")
     parser.add_argument("--only", choices=["train", "all"], default="all", help="train: trainings only (no scores)")
     args = parser.parse_args()
     args.out, args.data = args.out.resolve(), args.data.resolve()
@@ -161,6 +456,10 @@ def main() -> None:
         _yonos("prepare-samples", "--out", str(args.data))
     for seed in args.seeds:
         train_seed(seed, args)
+        if args.only == "all":
+            evaluate_seed(seed, args)
+    if args.only == "all":
+        print(report(args))
 
 
 if __name__ == "__main__":

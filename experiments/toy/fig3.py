@@ -93,7 +93,10 @@ def _yonos(*arguments: str) -> None:
     subprocess.run(command, check=True, cwd=ROOT)
 
 
-def fit_run(config: str, folder: Path, steps: int, seed: int, data: Path, *extra: str, val_every: int | None = None) -> Path:
+def fit_run(
+    config: str, folder: Path, steps: int, seed: int, data: Path, *extra: str, val_every: int | None = None,
+    accelerator: str = "auto",
+) -> Path:
     """Train one run to ``steps`` unless ``folder/final_step{steps}.ckpt`` exists; a run that has stopped earlier
     (interrupted, or finished at a smaller ``steps``) resumes from its ``last.ckpt``. Validation runs on the
     training split's crops, so the curve that judges a teacher is never held-out data."""
@@ -103,7 +106,7 @@ def fit_run(config: str, folder: Path, steps: int, seed: int, data: Path, *extra
     last = folder / "checkpoints" / "last.ckpt"
     _yonos(
         "fit", "-c", config, f"--seed_everything={seed}", f"--trainer.max_steps={steps}",
-        "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={folder}",
+        "--trainer.enable_progress_bar=false", f"--trainer.accelerator={accelerator}", f"--trainer.default_root_dir={folder}",
         f"--trainer.logger.init_args.save_dir={folder}", f"--data.train_dir={data / 'train'}",
         f"--data.val_dir={data / 'train_crops'}", *extra,
         *([f"--trainer.val_check_interval={val_every}"] if val_every else []), *(["--ckpt_path", str(last)] if last.is_file() else []),
@@ -127,7 +130,7 @@ def train_seed(seed: int, args: argparse.Namespace) -> Path:
     """Every training of one seed; returns its folder."""
     out = args.out / f"seed{seed}"
     t, n, data = args.teacher_steps, args.arm_steps, args.data
-    fit = functools.partial(fit_run, val_every=args.val_every)
+    fit = functools.partial(fit_run, val_every=args.val_every, accelerator=args.accelerator)
     teacher = fit("experiments/tiny/teacher_x2.yaml", out / "teacher_x2", t, seed, data)
     for name, gt_mix in (("distilled_x4", 0.0), ("gt_x4", 1.0)):
         fit(
@@ -447,6 +450,7 @@ def main() -> None:
     parser.add_argument("--arm-steps", type=int, default=1000, help="N: each x4 and x8 arm's steps")
     parser.add_argument("--steps", type=int, nargs="+", default=list(STEPS), help="DDIM step counts scored")
     parser.add_argument("--crop-sets", nargs="+", default=["val_crops", "val_crops_64"], help="held-out crop folders under --data")
+    parser.add_argument("--accelerator", default="auto", help="Lightning accelerator of every fit (auto: a GPU when one is visible)")
     parser.add_argument("--val-every", type=int, default=None, help="validation interval (default: the yamls', 200 / 250)")
     parser.add_argument("--plot", type=Path, default=None, help="where the figure goes (default OUT/fig3.png)")
     parser.add_argument("--only", choices=["train", "all"], default="all", help="train: trainings only (no scores)")

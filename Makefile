@@ -43,16 +43,18 @@ tiny-base: install ## Rebuild the shipped tiny SD base (codec, UNet prior): abou
 	$(VENV)/bin/yonos make-base --data data/samples/train --prior-ckpt outputs/tiny/prior/checkpoints/last.ckpt \
 		--out $(TINY_BASE_OUT) --overwrite
 
-# The fair toy Fig. 3 (experiments/toy/fig3.py): every seed is one process on one thread, all seeds side by side,
-# then one call that finds their work done and writes OUT/sweep.csv, OUT/summary.md and the plot.
+# The fair toy Fig. 3 (experiments/toy/fig3.py): every seed is one process on one thread (trainings and scores),
+# all seeds side by side, then one call that finds their work done and writes OUT/sweep.csv, OUT/summary.md and
+# the plot.
 FIG3_OUT ?= outputs/toy_fig3
 FIG3_SEEDS ?= 0 1 2
 fig3: install ## Toy Fig. 3 (distilled vs GT fine-tuned vs direct, x4 and x8, 3 seeds): about 1.5 h on 2 CPU cores
 	$(VENV)/bin/yonos prepare-samples
 	mkdir -p $(FIG3_OUT)
-	for seed in $(FIG3_SEEDS); do \
-		OMP_NUM_THREADS=1 $(PY) experiments/toy/fig3.py --out $(FIG3_OUT) --seeds $$seed > $(FIG3_OUT)/seed$$seed.log 2>&1 & \
-	done; wait
+	pids=""; for seed in $(FIG3_SEEDS); do \
+		OMP_NUM_THREADS=1 $(PY) experiments/toy/fig3.py --out $(FIG3_OUT) --seeds $$seed --only scores \
+			> $(FIG3_OUT)/seed$$seed.log 2>&1 & pids="$$pids $$!"; \
+	done; for pid in $$pids; do wait $$pid || { echo "a seed failed: see $(FIG3_OUT)/seed*.log"; exit 1; }; done
 	$(PY) experiments/toy/fig3.py --out $(FIG3_OUT) --seeds $(FIG3_SEEDS) --plot docs/fig3_toy.png
 
 test: install ## Run the test suite (offline, CPU)

@@ -353,6 +353,7 @@ def test_latent_mse_scores_the_saved_latent_against_the_hr_latent_and_the_image_
     teacher_ckpt: Path, hr_folder: Path, tmp_path: Path
 ):
     from yonos.checkpoints import load_stage_checkpoint
+    from yonos.degradations import upsample_to
     from yonos.sampling import sample_with_seeds
 
     summary = evaluate(
@@ -366,14 +367,16 @@ def test_latent_mse_scores_the_saved_latent_against_the_hr_latent_and_the_image_
         rows = {row["name"]: row for row in csv.DictReader(handle)}
     for index, pair in enumerate(eval_set.pairs):
         z_0 = torch.load(Path(stage_run["sr_dir"]).parent / "latents" / f"{pair.name}.pt", weights_only=True)
-        hr = read_rgb(pair.hr_path)[None]
+        hr, lr = read_rgb(pair.hr_path)[None], read_rgb(pair.lr_path)[None]
         with torch.no_grad():
-            z_hr = stage.codec.encode(hr)
-            expected_sr = sample_with_seeds(stage.denoiser, stage.codec, stage.scheduler(), read_rgb(pair.lr_path)[None], 2,
-                                            [validation_seed(42, index)], 1)
+            z_hr, z_lr = stage.codec.encode(hr), stage.codec.encode(upsample_to(lr, tuple(hr.shape[-2:])))
+            expected_sr = sample_with_seeds(stage.denoiser, stage.codec, stage.scheduler(), lr, 2, [validation_seed(42, index)], 1)
+            decoded = stage.codec.decode(z_0)
         assert float(rows[pair.name]["latent_mse"]) == pytest.approx(float((z_0 - z_hr).pow(2).mean()), rel=1e-4)
-        # The image written is the same as the sampler's own output (the latent path changes nothing).
+        assert float(rows[pair.name]["latent_mse_copy"]) == pytest.approx(float((z_lr - z_hr).pow(2).mean()), rel=1e-4)
+        # The image written is the saved latent decoded, and the same as the sampler's own output.
         written = read_rgb(Path(stage_run["sr_dir"]) / f"{pair.name}.png")
         assert torch.equal(written, (expected_sr[0].clamp(0, 1) * 255).round() / 255)
+        assert torch.equal(written, (decoded[0].clamp(0, 1) * 255).round() / 255)
     # Baselines have no latents: their latent columns are n/a, not zero.
     assert all(value != value for key, value in bicubic_run["metrics"].items() if key.startswith("latent"))

@@ -57,7 +57,8 @@ def test_fig3_runs_every_arm_at_toy_size(tmp_path: Path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "YONOS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, str(SCRIPT), "--out", str(out), "--data", str(data), "--seeds", "0", "--teacher-steps", "2",
                "--arm-steps", "2", "--val-every", "1", "--steps", "1", "2", "--plot", str(out / "plot.png")]
-    subprocess.run(command, check=True, cwd=ROOT, env=env, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
 
     with (out / "sweep.csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -83,8 +84,18 @@ def test_fig3_runs_every_arm_at_toy_size(tmp_path: Path):
         for steps in (2, total):
             checkpoint = load(seed / run / f"final_step{steps:06d}.ckpt")
             assert checkpoint["global_step"] == steps and checkpoint["hyper_parameters"]["scale"] == scale
+            assert checkpoint["hyper_parameters"]["backbone"]["pretrained"] == "yonos:tiny-sd"  # from the base
+
+    # A rerun finds everything done; a rerun whose teacher differs is refused, not silently reused.
+    (seed / "distilled_x4" / "fit_inputs.json").write_text('{"config": "another"}')
+    refused = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert refused.returncode != 0 and "trained from other inputs" in refused.stderr
 
     summary = (out / "summary.md").read_text()
     assert "| teacher_x2 | 0 |" in summary and "| distilled_x4 | 0 |" in summary and "nan" not in summary.split("## x4")[0]
     assert "| distilled_x4 - gt_x4 |" in summary and "| distilled_x8 - direct_x8_equal_total |" in summary
+    # The paired difference's sign and size: first minus second, as the crop means of sweep.csv give it.
+    psnr = {r["arm"]: float(r["psnr"]) for r in rows if (r["scale"], r["crops"], r["steps"]) == ("4", "val_crops", "1")}
+    line = next(line for line in summary.splitlines() if line.startswith("| distilled_x4 - gt_x4 |"))
+    assert float(line.split("|")[3].split()[0]) == pytest.approx(psnr["distilled_x4"] - psnr["gt_x4"], abs=0.006)
     assert (out / "plot.png").read_bytes()[:4] == b"\x89PNG"

@@ -157,14 +157,19 @@ def ssim_y(
 def radial_power_spectrum(y: Tensor) -> Tensor:
     """Radially averaged power spectrum of luma images, (B, 1, H, W) on any scale -> (B, R) with R = min(H, W) // 2.
 
-    The image's mean is removed and a 2-D Hann window applied (so the tile's borders add no false edges); the power
+    A 2-D Hann window is applied after removing the image's window-weighted mean (so the windowed image has no DC
+    term and the tile's borders add no false edges); the power
     |FFT|^2 is averaged over rings of width 1 / min(H, W) cycles per pixel, ring r in 1..R (the DC ring 0 is
     dropped). Non-square images use the same ring width on both axes.
     """
     height, width = y.shape[-2:]
+    if min(height, width) < 8:
+        raise ValueError(f"the power spectrum needs images of at least 8 x 8 pixels, got {height} x {width}")
     window = torch.outer(torch.hann_window(height, periodic=False, dtype=torch.float64),
                          torch.hann_window(width, periodic=False, dtype=torch.float64)).to(y.device)
-    centred = (y.double() - y.double().mean(dim=(-2, -1), keepdim=True)) * window
+    y = y.double()
+    mean = (y * window).sum(dim=(-2, -1), keepdim=True) / window.sum()
+    centred = (y - mean) * window
     power = torch.fft.fft2(centred).abs().pow(2).flatten(1)  # (B, H * W)
     side = min(height, width)
     fy = torch.fft.fftfreq(height, dtype=torch.float64, device=y.device)[:, None]

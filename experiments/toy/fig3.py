@@ -18,8 +18,8 @@ Per seed (``--teacher-steps`` T, ``--arm-steps`` N):
 The recipe is the tiny world's everywhere (docs/method.md, "The tiny world"): every sample at the one-step
 timestep T - 1 (``last_timestep_prob: 1``), x0 (sample) parameterisation with a residual target and a zeroed
 output layer where a network starts from the base, EMA 0.99 with warm-up, AdamW at a constant 1e-3, batch 4 of
-128 px crops. Only the target and the initialisation differ between arms. With the constant learning rate, the
-direct run stopped at N and resumed to T + N is one longer run.
+128 px crops. Only the target and the initialisation differ between arms. The direct run stopped at N is resumed to
+T + N (optimizer, EMA, learning rate, which is constant, and noise stream restored; the crop order restarts).
 
 Scores: ``yonos evaluate`` on the held-out crops of ``yonos prepare-samples`` (bicubic LR; x4: ``val_crops``,
 36 tiles of 128 px, and ``val_crops_64``, 156 of 64 px; x8: ``val_crops``) at 1, 2, 4, 8, 16 and 50 DDIM steps,
@@ -38,8 +38,9 @@ from __future__ import annotations
 import argparse
 import csv
 import functools
+import json
 import math
-import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -100,7 +101,17 @@ def fit_run(
     """Train one run to ``steps`` unless ``folder/final_step{steps}.ckpt`` exists; a run that has stopped earlier
     (interrupted, or finished at a smaller ``steps``) resumes from its ``last.ckpt``. Validation runs on the
     training split's crops, so the curve that judges a teacher is never held-out data."""
+    inputs = {"config": config, "seed": seed, "data": str(data), "extra": list(extra)}
+    recorded = folder / "fit_inputs.json"
+    if recorded.is_file() and json.loads(recorded.read_text()) != inputs:
+        raise ValueError(
+            f"{folder} was trained from other inputs ({recorded}: another teacher, seed, data or config); "
+            "give another --out or delete that folder"
+        )
     final = folder / f"final_step{steps:06d}.ckpt"
+    if not recorded.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(recorded, json.dumps(inputs, indent=1))
     if final.is_file():
         return final
     last = folder / "checkpoints" / "last.ckpt"
@@ -113,7 +124,10 @@ def fit_run(
     )
     reached = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
     if reached != steps:
-        raise RuntimeError(f"{last} holds step {reached}, not {steps}: a step count must be a multiple of the save interval")
+        raise RuntimeError(
+            f"{last} holds step {reached}, not {steps}: every step count must be a multiple of the yaml's "
+            "checkpoint interval (every_n_train_steps: 200 for teacher/direct runs, 250 for distillation) or below it"
+        )
     with atomic_write(final) as partial:  # final_step*.ckpt appears only once the run has reached that step
         shutil.copyfile(last, partial)
     return final
@@ -209,6 +223,7 @@ def scalar_curve(run: Path, tag: str) -> list[tuple[int, float]]:
         accumulator = EventAccumulator(str(events))
         accumulator.Reload()
         if tag in accumulator.Tags()["scalars"]:
+            # A validation after n optimizer steps is logged at step n - 1 (Lightning's step of the last batch).
             points.update({event.step + 1: event.value for event in accumulator.Scalars(tag)})
     return sorted(points.items())
 
@@ -248,22 +263,42 @@ def paired_bootstrap(differences: list[float], resamples: int = 10000, seed: int
     return float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def per_crop(rows: list[dict[str, object]], scale: int, crops: str, arm: str, steps: int, metric: str) -> dict[str, float]:
-    """crop name -> the metric averaged over seeds (the unit the bootstrap resamples)."""
-    values: dict[str, list[float]] = {}
-    for row in rows:
-        if (row["scale"], row["crops"], row["arm"], row["steps"]) == (scale, crops, arm, steps):
-            values.setdefault(str(row["name"]), []).append(float(row[metric]))
-    return {name: statistics.mean(v) for name, v in values.items()}
+def _values(rows, scale: int, crops: str, arm: str, steps: int, metric: str) -> dict[tuple[str, int], float]:
+    """(crop name, seed) -> the metric of one arm at one step count (baselines: ``steps`` 0)."""
+    return {
+        (str(row["name"]), int(row["seed"])): float(row[metric])
+        for row in rows
+        if (row["scale"], row["crops"], row["arm"], row["steps"]) == (scale, crops, arm, steps)
+    }
 
 
-def seed_means(rows: list[dict[str, object]], scale: int, crops: str, arm: str, steps: int, metric: str) -> list[float]:
-    """The metric's mean over crops, one value per seed (the unit of the seed spread)."""
+def seed_means(rows, scale: int, crops: str, arm: str, steps: int, metric: str) -> dict[int, float]:
+    """seed -> the metric's mean over crops (the unit of the seed spread)."""
     by_seed: dict[int, list[float]] = {}
-    for row in rows:
-        if (row["scale"], row["crops"], row["arm"], row["steps"]) == (scale, crops, arm, steps):
-            by_seed.setdefault(int(row["seed"]), []).append(float(row[metric]))
-    return [statistics.mean(v) for _, v in sorted(by_seed.items())]
+    for (_, seed), value in _values(rows, scale, crops, arm, steps, metric).items():
+        by_seed.setdefault(seed, []).append(value)
+    return {seed: statistics.mean(v) for seed, v in sorted(by_seed.items())}
+
+
+def photo_of(crop: str) -> str:
+    """The photo a tile of ``yonos prepare-samples`` comes from (``chelsea_r0c1`` -> ``chelsea``)."""
+    return re.sub(r"_r\d+c\d+$", "", crop)
+
+
+def paired_differences(rows, scale: int, crops: str, first: str, second: str, steps: int, metric: str) -> dict[str, float]:
+    """crop -> (first - second) averaged over the seeds both arms have for that crop: the same crop, seed and noise
+    on both sides of every difference (the bootstrap's unit)."""
+    a = _values(rows, scale, crops, first, steps, metric)
+    b = _values(rows, scale, crops, second, 0 if second == "bicubic" else steps, metric)
+    by_crop: dict[str, list[float]] = {}
+    for crop, seed in sorted(a):
+        if second == "bicubic":  # a baseline has one value per crop whatever the seed
+            other = next((value for (name, _), value in b.items() if name == crop), None)
+        else:
+            other = b.get((crop, seed))
+        if other is not None:
+            by_crop.setdefault(crop, []).append(a[(crop, seed)] - other)
+    return {crop: statistics.mean(v) for crop, v in by_crop.items()}
 
 
 def mean_spread(values: list[float]) -> tuple[float, float]:
@@ -273,7 +308,8 @@ def mean_spread(values: list[float]) -> tuple[float, float]:
 DIGITS = {"latent_mse": 5, "latent_mse_copy": 5, "psnr": 2, "ssim": 4, "spectrum": 3}
 
 
-def _cell(values: list[float], metric: str) -> str:
+def _cell(values: dict[int, float] | list[float], metric: str) -> str:
+    values = list(values.values()) if isinstance(values, dict) else values
     if not values or any(math.isnan(v) for v in values):
         return "n/a"
     mean, spread = mean_spread(values)
@@ -295,25 +331,33 @@ def arm_table(rows, scale: int, crops: str, names: list[str], steps: int, by_nam
 
 
 def difference_table(rows, scale: int, crops: str, pairs: list[tuple[str, str]], steps: int) -> list[str]:
-    """Paired differences (first arm - second) over the same crops and noise: mean over seeds of the per-crop
-    difference, its 95 % bootstrap interval over crops, and in how many seeds the first arm was better."""
-    lines = ["| comparison | Δ latent MSE [95 % CI] | Δ PSNR-Y dB [95 % CI] | Δ SSIM-Y [95 % CI] | Δ spectrum [95 % CI] | seeds better (PSNR) |",
-             "|---|---|---|---|---|---|"]
+    """Paired differences (first arm - second) over the same crops, seeds and noise: the mean over crops of the
+    per-crop difference (itself averaged over seeds), its 95 % bootstrap interval over crops, and on how many photos
+    and seeds the first arm had the higher PSNR-Y. Tiles of one photo are correlated: the interval is a statement
+    about these crops, the photo and seed counts are the coarser check."""
+    lines = ["| comparison (first - second) | Δ latent MSE [95 % CI] (< 0: first better) | Δ PSNR-Y dB [95 % CI] | "
+             "Δ SSIM-Y [95 % CI] | Δ spectrum [95 % CI] (< 0: first better) | photos better (PSNR) | seeds better (PSNR) |",
+             "|---|---|---|---|---|---|---|"]
     for first, second in pairs:
         cells = []
         for metric in ("latent_mse", "psnr", "ssim", "spectrum"):
-            a = per_crop(rows, scale, crops, first, steps, metric)
-            b = per_crop(rows, scale, crops, second, 0 if second == "bicubic" else steps, metric)
-            common = sorted(set(a) & set(b))
-            if not common or any(math.isnan(a[c] - b[c]) for c in common):
+            differences = paired_differences(rows, scale, crops, first, second, steps, metric)
+            if not differences or any(math.isnan(v) for v in differences.values()):
                 cells.append("n/a")
                 continue
-            mean, low, high = paired_bootstrap([a[c] - b[c] for c in common])
+            mean, low, high = paired_bootstrap(list(differences.values()))
             d = DIGITS[metric] + (1 if metric != "psnr" else 0)
             cells.append(f"{mean:+.{d}f} [{low:+.{d}f}, {high:+.{d}f}]")
-        better = [x > y for x, y in zip(seed_means(rows, scale, crops, first, steps, "psnr"),
-                                          seed_means(rows, scale, crops, second, 0 if second == "bicubic" else steps, "psnr"))]
-        cells.append(f"{sum(better)} of {len(better)}")
+        psnr = paired_differences(rows, scale, crops, first, second, steps, "psnr")
+        photos: dict[str, list[float]] = {}
+        for crop, value in psnr.items():
+            photos.setdefault(photo_of(crop), []).append(value)
+        cells.append(f"{sum(statistics.mean(v) > 0 for v in photos.values())} of {len(photos)}")
+        mine = seed_means(rows, scale, crops, first, steps, "psnr")
+        theirs = seed_means(rows, scale, crops, second, 0 if second == "bicubic" else steps, "psnr")
+        seeds = [seed for seed in mine if seed in theirs or second == "bicubic"]
+        base = lambda seed: theirs.get(seed, next(iter(theirs.values()), math.nan))  # noqa: E731
+        cells.append(f"{sum(mine[seed] > base(seed) for seed in seeds)} of {len(seeds)}")
         lines.append(f"| {first} - {second} | {' | '.join(cells)} |")
     return lines
 
@@ -325,7 +369,7 @@ def steps_table(rows, scale: int, crops: str, names: list[str], metric: str, ste
     return lines
 
 
-def gate_lines(gates: list[Gate], held_out: dict[str, tuple[list[float], list[float]]]) -> list[str]:
+def gate_lines(gates: list[tuple[int, Gate]], held_out: dict[tuple[int, str], tuple[float, float]]) -> list[str]:
     lines = ["| teacher | seed | one-step latent MSE (train crops) | copying the student's condition | ratio | "
              "change over the last validation interval | gate | held-out latent MSE | held-out copy (student's condition) |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -385,18 +429,18 @@ def plot(rows: list[dict[str, object]], path: Path, steps: tuple[int, ...]) -> N
         names = [a.name for a in arms(1, 1) if a.scale == scale]
         for axis, (metric, title) in zip(row_axes, panels):
             for name in names:
-                points = [(n, *mean_spread(v)) for n in steps if (v := seed_means(rows, scale, "val_crops", name, n, metric))]
+                points = [(n, *mean_spread(list(v.values()))) for n in steps if (v := seed_means(rows, scale, "val_crops", name, n, metric))]
                 if points:
                     xs, means, spreads = zip(*points)
                     axis.errorbar(xs, means, yerr=spreads, marker="o", capsize=3, label=name)
             if metric == "latent_mse":
                 copy = seed_means(rows, scale, "val_crops", names[0], steps[0], "latent_mse_copy")
                 if copy:
-                    axis.axhline(statistics.mean(copy), color="gray", linestyle=":", label="copy z_lr")
+                    axis.axhline(statistics.mean(copy.values()), color="gray", linestyle=":", label="copy z_lr")
             else:
                 base = seed_means(rows, scale, "val_crops", "bicubic", 0, metric)
                 if base:
-                    axis.axhline(statistics.mean(base), color="gray", linestyle="--", label="bicubic")
+                    axis.axhline(statistics.mean(base.values()), color="gray", linestyle="--", label="bicubic")
             axis.set_xscale("log", base=2)
             axis.set_xticks(list(steps), [str(n) for n in steps])
             axis.set_title(f"x{scale}: {title}", fontsize=10)
@@ -453,14 +497,17 @@ def main() -> None:
     parser.add_argument("--accelerator", default="auto", help="Lightning accelerator of every fit (auto: a GPU when one is visible)")
     parser.add_argument("--val-every", type=int, default=None, help="validation interval (default: the yamls', 200 / 250)")
     parser.add_argument("--plot", type=Path, default=None, help="where the figure goes (default OUT/fig3.png)")
-    parser.add_argument("--only", choices=["train", "all"], default="all", help="train: trainings only (no scores)")
+    parser.add_argument(
+        "--only", choices=["train", "scores", "all"], default="all",
+        help="train: the trainings; scores: trainings and evaluations (one seed of several running side by side); all: and the report",
+    )
     args = parser.parse_args()
     args.out, args.data = args.out.resolve(), args.data.resolve()
     if not (args.data / "train_crops").is_dir():
         _yonos("prepare-samples", "--out", str(args.data))
     for seed in args.seeds:
         train_seed(seed, args)
-        if args.only == "all":
+        if args.only != "train":
             evaluate_seed(seed, args)
     if args.only == "all":
         print(report(args))

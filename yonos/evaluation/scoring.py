@@ -29,7 +29,7 @@ from yonos.metrics import (
 
 METRICS = ("psnr", "ssim", "lpips", "dists", "fid", "niqe", "musiq", "maniqa", "clipiqa", "spectrum", "latent_mse")
 DEFAULT_METRICS = ("psnr", "ssim", "lpips", "dists", "fid")
-LOWER_IS_BETTER = {"lpips", "dists", "fid", "niqe", "spectrum", "latent"}
+LOWER_IS_BETTER = {"lpips", "dists", "fid", "niqe", "spectrum", "latent"}  # column names up to their first "_"
 LATENT_COLUMNS = ("latent_mse", "latent_mse_copy")
 """What ``latent_mse`` adds: the sampled z_0 and the condition z_lr, each against E(HR) (stage checkpoints only)."""
 Y_METRICS = ("psnr", "ssim")
@@ -171,9 +171,11 @@ def _definitions(options: MetricOptions) -> dict[str, str]:
         "clipiqa": f"CLIP-IQA, pyiqa {version('pyiqa')} ('clipiqa', RN50)",
         "spectrum": "radially averaged power-spectrum distance (weight-free detail measure): mean over frequency rings "
         "of |log10 P_sr - log10 P_hr|, P the ring-averaged |FFT|^2 of the mean-free, Hann-windowed Y of the 8-bit "
-        "images (yonos.metrics.spectrum_distance); 0 = the HR's spectrum, a blur misses high-frequency power",
-        "latent_mse": "mean squared error of the sampled latent z_0 to z_hr = E(HR), free of the decoder "
-        "(stage checkpoints; n/a for other models)",
+        "images (yonos.metrics.spectrum_distance), whole image (crop_border does not apply); 0 = the HR's spectrum, "
+        "a blur misses high-frequency power",
+        "latent_mse": "mean squared error of the sampled latent z_0 to z_hr = E(HR), free of the decoder, over the "
+        "whole latent (images padded to the UNet's size multiple as the sampler pads them; stage checkpoints; n/a "
+        "for other models)",
         "latent_mse_copy": "the same for copying the condition z_lr = E(bicubic-upsampled LR): the floor a stage must "
         "beat to have learned anything",
     }

@@ -5,8 +5,9 @@ own commands only (every network through ``yonos fit``, every score through ``yo
 Per seed (``--teacher-steps`` T, ``--arm-steps`` N):
 
 - ``teacher_x2``: ``experiments/tiny/teacher_x2.yaml`` for T steps from the base, validated on the training
-  split's crops (``train_crops``) every 200 steps; its gate: one-step latent MSE far below copying the x4
-  student's condition, and a flat curve (both printed, and checked: a failed gate is reported, not hidden);
+  split's crops (``train_crops``) every 200 steps; its gate: one-step latent MSE at most ``GATE_RATIO`` (0.25) x
+  copying the x4 student's condition, and a flat curve, the last validation within ``FLAT`` (5 %) of the one
+  before (both printed, and checked: a failed gate is reported, not hidden);
 - x4, all from that teacher, N steps each:
   ``distilled_x4`` (the teacher's x0 as the target, ``distill_x2_to_x4.yaml``),
   ``gt_x4`` (the same module and init, ``gt_mix: 1``: z_hr as the target);
@@ -28,8 +29,9 @@ averaged power-spectrum distance. Paired bootstrap intervals over crops, and the
 
     python experiments/toy/fig3.py --out outputs/toy_fig3 --seeds 0 1 2
 
-Seeds may run as separate processes into one ``--out`` (``--seeds 0`` and ``--seeds 1`` side by side, then a last
-call with all seeds, which finds their work done). Reruns reuse finished trainings and evaluations. Writes
+Seeds may run as separate processes into one ``--out`` (``--seeds 0 --only scores`` and ``--seeds 1 --only
+scores`` side by side, then a last call with all seeds, which finds their work done and writes the report; ``make
+fig3`` does that). Reruns reuse finished trainings and evaluations. Writes
 ``OUT/sweep.csv`` (seed, scale, crop set, arm, steps, metric means), ``OUT/summary.md`` and ``OUT/fig3.png``.
 """
 

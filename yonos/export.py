@@ -17,6 +17,50 @@ from yonos.model_card import write_model_card
 from yonos.pipeline import YonosSRPipeline
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+"""Weight files that unpickle on load, so can run code: an exported folder is read from safetensors only."""
+
+
+def check_pipeline_folder(root: str | Path) -> Path:
+    """An exported pipeline folder checked before anything is loaded: ``model_index.json``, and for each component
+    it names, the component's folder, its config and its safetensors weights. Each problem is one error naming the
+    component and the file; pickle weights (``.bin`` ...) are refused, not loaded. Returns the folder."""
+    root = Path(root).expanduser()
+    index_path = root / "model_index.json"
+    if not index_path.is_file():
+        raise FileNotFoundError(f"{root} has no model_index.json; write a pipeline folder with `yonos export`")
+    try:
+        index = json.loads(index_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{index_path} is not valid JSON ({err})") from err
+    for name, entry in index.items():
+        if name.startswith("_") or not (isinstance(entry, list) and len(entry) == 2 and entry[1]):
+            continue  # metadata (scale, target, ...) or an empty slot
+        folder = root / name
+        model_config, scheduler_config = folder / "config.json", folder / "scheduler_config.json"
+        if not (model_config.is_file() or scheduler_config.is_file()):
+            raise FileNotFoundError(
+                f"{root}: component {name!r} ({entry[1]}) is missing: no {name}/config.json; re-export the folder"
+            )
+        if not model_config.is_file():
+            continue  # a scheduler: a config and no weights
+        if not any(folder.glob("*.safetensors")):
+            pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+            if pickles:
+                raise ValueError(
+                    f"{folder} holds only pickle weights ({', '.join(pickles)}), which can run code when loaded; "
+                    "yonos reads safetensors only: re-export the folder, or convert a file you trust to safetensors"
+                )
+            raise FileNotFoundError(f"{root}: component {name!r} has no weights ({name}/*.safetensors)")
+    return root
+
+
+def load_pipeline_folder(root: str | Path) -> YonosSRPipeline:
+    """An exported folder as a pipeline (float32, CPU), checked first (:func:`check_pipeline_folder`) and read
+    from safetensors only."""
+    return YonosSRPipeline.from_pretrained(str(check_pipeline_folder(root)), use_safetensors=True)
+
+
 def pipeline_from_checkpoint(ckpt: str | Path) -> YonosSRPipeline:
     """The pipeline of a TeacherModule / ScaleDistillModule / DecoderFinetuneModule checkpoint, with the scheduler
     the stage trained with (its noise schedule, ``prediction_type`` and zero-terminal-SNR flag)."""

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from yonos.colorfix import COLOR_FIX_MODES
 from yonos.commands import command_parser, parse
+from yonos.export import check_pipeline_folder, load_pipeline_folder
 from yonos.images import IMAGE_EXTENSIONS, DecodedImage, read_image
 from yonos.models import resolve_device
 from yonos.pipeline import DEFAULT_TILE_OVERLAP, DEFAULT_TILE_SIZE, YonosSRPipeline
@@ -145,7 +146,7 @@ def upscale_file(pipe: YonosSRPipeline, job: Job, options: UpscaleOptions) -> No
 def load_pipeline(model: Path, dtype: torch.dtype, device: str | torch.device) -> YonosSRPipeline:
     """The exported pipeline on ``device``: weights read in float32, then the UNet cast to ``dtype`` (the VAE stays
     in float32, so its weights are never rounded to half precision)."""
-    pipe = YonosSRPipeline.from_pretrained(model)
+    pipe = load_pipeline_folder(model)
     if pipe.unet.dtype != dtype:
         pipe.unet.to(dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
@@ -183,8 +184,10 @@ def main(argv: list[str]) -> None:
         parser.error("--scale and --steps must be positive integers")
     if args.tile_size and not 0 <= args.tile_overlap < args.tile_size:
         parser.error(f"--tile-overlap must be in [0, --tile-size), got {args.tile_overlap} for {args.tile_size}")
-    if not (args.model / "model_index.json").is_file():
-        parser.error(f"--model {args.model} has no model_index.json; write a pipeline folder with `yonos export`")
+    try:
+        check_pipeline_folder(args.model)
+    except (FileNotFoundError, ValueError) as err:
+        parser.error(f"--model: {err}")
     options = UpscaleOptions(
         scale=args.scale,
         steps=args.steps,

@@ -122,9 +122,9 @@ def _pipeline_scale(pipe: Any) -> int | None:
 
 def load_pipeline_model(path: Path, label: str, device: torch.device, color_fix: ColorFix = "none") -> SRModel:
     """An exported pipeline folder (model_index.json) through ``yonos.pipeline.YonosSRPipeline``."""
-    from yonos.pipeline import YonosSRPipeline
+    from yonos.export import load_pipeline_folder
 
-    pipe = YonosSRPipeline.from_pretrained(str(path)).to(device)
+    pipe = load_pipeline_folder(path).to(device)
     info: dict[str, Any] = {"color_fix": color_fix}
 
     @torch.no_grad()

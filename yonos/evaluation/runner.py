@@ -27,6 +27,7 @@ from yonos.evaluation.models import (
 )
 from yonos.evaluation.report import RunResult, write_per_image_csv, write_summary, write_sweep
 from yonos.evaluation.scoring import DEFAULT_METRICS, LATENT_COLUMNS, MetricOptions, MetricSuite, build_suite
+from yonos.export import check_pipeline_folder
 from yonos.files import atomic_write
 from yonos.images import read_rgb, save_image_atomic
 from yonos.metrics import FIDMode, GrayConvention, LPIPSNet, SSIMConvention
@@ -216,6 +217,11 @@ def check_inputs(config: EvalConfig) -> None:
     out = Path(config.out).expanduser()
     names, hr_only = list_test_names(config.data, config.scale, exclude=(out, Path(config.lr_cache or out / "lr_cache")))
     for path, kind in zip(config.models, kinds):
+        if kind == "pipeline":
+            try:
+                check_pipeline_folder(path)
+            except (FileNotFoundError, ValueError) as err:
+                raise type(err)(f"--model: {err}") from err
         if kind != "folder":
             continue
         missing = [name for name in names if find_sr_image(Path(path).expanduser(), name) is None]
